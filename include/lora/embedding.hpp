@@ -1,0 +1,140 @@
+#pragma once
+/// \file embedding.hpp
+/// `lora::LoRAEmbedding`: a drop-in for `torch::nn::Embedding` that can carry adapters.
+
+#include <lora/layer.hpp>
+
+#include <ostream>
+
+namespace lora {
+
+/// A `torch::nn::Embedding` with LoRA adapters (loralib / PEFT semantics):
+///
+///     y = E[ids] + Σ_active  s · (Aᵀ[ids]) Bᵀ,   ΔE = s · (B A)ᵀ  [num_embeddings, embedding_dim]
+///
+/// Same constructors, `weight` [num, dim] and initialisation as `torch::nn::Embedding`.
+/// Adapters live in `lora_embedding_A.<name>.weight` [r, num_embeddings] and
+/// `lora_embedding_B.<name>.weight` [embedding_dim, r] (PEFT's shapes; PEFT keeps
+/// them in a ParameterDict, hence no ".weight" in its files). A starts at zero and B
+/// normal, as in PEFT, so an injected model again starts equal to its base.
+/// Dropout does not apply to embeddings; slice masks are for Linear layers only.
+///
+/// Example:
+/// \code
+///   lora::LoRAEmbedding wte(50257, 768);
+///   wte->add_adapter("default", lora::AdapterOptions(8));
+///   wte->set_active_adapters({"default"});
+///   auto h = wte(torch::tensor({{15496, 11}}));  // [1, 2, 768]
+/// \endcode
+class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
+ public:
+  LoRAEmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
+      : LoRAEmbeddingImpl(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim)) {}
+  explicit LoRAEmbeddingImpl(torch::nn::EmbeddingOptions options_) : options(std::move(options_)) {
+    // A weight passed through the options is registered once and then dropped from
+    // them, so clone() copies it instead of aliasing the original.
+    pending_weight_ = options._weight();
+    options._weight(torch::Tensor());
+    reset();
+  }
+  /// Wraps an existing Embedding: E is the same tensor as `base`'s (shared, not copied).
+  explicit LoRAEmbeddingImpl(const torch::nn::Embedding& base)
+      : LoRAEmbeddingImpl(torch::nn::EmbeddingOptions(base->options)._weight(base->weight)) {}
+
+  void reset() override {
+    auto& pad = options.padding_idx();
+    if (pad && *pad < 0) pad = *pad + options.num_embeddings();
+    if (pending_weight_.defined()) {
+      TORCH_CHECK(pending_weight_.sizes() == torch::IntArrayRef({options.num_embeddings(), options.embedding_dim()}),
+                  "LoRAEmbedding: the weight given has shape ", pending_weight_.sizes(), ", expected [",
+                  options.num_embeddings(), ", ", options.embedding_dim(), "]");
+      weight = register_parameter("weight", pending_weight_, pending_weight_.requires_grad());
+      pending_weight_ = torch::Tensor();
+    } else {
+      weight = register_parameter("weight", torch::empty({options.num_embeddings(), options.embedding_dim()}));
+      reset_parameters();
+    }
+    register_adapter_dicts("lora_embedding_A", "lora_embedding_B");
+  }
+
+  /// Initialises E exactly as `torch::nn::Embedding` does (N(0, 1), padding row zero).
+  void reset_parameters() {
+    torch::nn::init::normal_(weight);
+    if (options.padding_idx()) {
+      torch::NoGradGuard no_grad;
+      weight[*options.padding_idx()].fill_(0);
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& input) {
+    torch::Tensor result = torch::nn::functional::detail::embedding(
+        input, weight, options.padding_idx(), options.max_norm(), options.norm_type(),
+        options.scale_grad_by_freq(), options.sparse());
+    torch::Tensor out2d;
+    for (const auto& name : active_) {
+      if (is_merged(name)) continue;
+      if (!out2d.defined()) out2d = result.view({-1, options.embedding_dim()});
+      const torch::Tensor& A = lora_A(name);  // [r, num]
+      const int64_t pad = options.padding_idx() ? *options.padding_idx() : -1;
+      torch::Tensor rows = torch::embedding(A.t(), input.reshape({-1}), pad, options.scale_grad_by_freq());
+      torch::Tensor update = torch::mm(rows.mul_(scaling(name)), lora_B(name).t());
+      out2d.add_(update.to(out2d.scalar_type()));
+    }
+    return result;
+  }
+
+  torch::Tensor delta_weight(const std::string& name) override {
+    const auto dtype = torch::promote_types(torch::kFloat32, weight.scalar_type());
+    torch::Tensor A = lora_A(name).detach().to(dtype), B = lora_B(name).detach().to(dtype);
+    return torch::mm(B, A).t().mul(scaling(name));
+  }
+
+  torch::Tensor& base_weight() override { return weight; }
+  torch::Tensor base_bias() override { return torch::Tensor(); }
+
+  std::string describe() const override {
+    return "LoRAEmbedding(num_embeddings=" + std::to_string(options.num_embeddings()) +
+           ", embedding_dim=" + std::to_string(options.embedding_dim()) + ")";
+  }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "lora::LoRAEmbedding(num_embeddings=" << options.num_embeddings()
+           << ", embedding_dim=" << options.embedding_dim();
+    if (options.padding_idx()) stream << ", padding_idx=" << *options.padding_idx();
+    for (size_t i = 0; i < names_.size(); ++i)
+      stream << (i ? ", " : ", adapters=[") << names_[i] << ": r=" << options_.at(names_[i]).r()
+             << ", alpha=" << options_.at(names_[i]).alpha() << (i + 1 == names_.size() ? "]" : "");
+    stream << ")";
+  }
+
+  torch::nn::EmbeddingOptions options;
+  torch::Tensor weight;
+
+ protected:
+  void create_adapter(const std::string& name) override {
+    const auto& o = options_.at(name);
+    auto A = make_holder(o.r(), options.num_embeddings());
+    auto B = make_holder(options.embedding_dim(), o.r());
+    torch::NoGradGuard no_grad;
+    if (o.init() != Init::Random) A->weight.zero_();
+    else A->weight.normal_();
+    B->weight.normal_();
+    insert_adapter(name, A, B);
+  }
+
+  void rebuild_adapter_dicts() override { register_adapter_dicts("lora_embedding_A", "lora_embedding_B"); }
+
+  void validate_options(const std::string& name, const AdapterOptions& o) const override {
+    if (!o.enable().empty())
+      throw std::invalid_argument(describe() + ": adapter '" + name +
+                                  "' has a slice mask, but slice masks apply to Linear layers only");
+  }
+
+ private:
+  torch::Tensor pending_weight_;  // consumed by reset()
+};
+
+/// A `ModuleHolder` for `LoRAEmbeddingImpl`, as `torch::nn::Embedding` is for `EmbeddingImpl`.
+TORCH_MODULE(LoRAEmbedding);
+
+}  // namespace lora

@@ -1,0 +1,298 @@
+#pragma once
+/// \file layer.hpp
+/// `lora::LoRALayer`: what every LoRA-capable layer shares: named adapters,
+/// the active set, merge / unmerge of the base weight. Layers (`LoRALinear`,
+/// `LoRAEmbedding`) add their own forward, shapes and initialisation.
+///
+/// Adapters are stored as PEFT stores them: two `torch::nn::ModuleDict`s keyed by
+/// adapter name ("default" unless told otherwise), each entry a bias-free
+/// `torch::nn::Linear` whose `weight` is A or B, so parameter names read
+/// `<layer>.lora_A.<adapter>.weight` and `<layer>.lora_B.<adapter>.weight`.
+
+#include <lora/config.hpp>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lora {
+
+/// The adapter-facing interface of a LoRA-capable layer. Model-level functions
+/// (`inject_lora`, `merge`, ...) find layers by `dynamic_cast` to this type.
+class LoRALayer {
+ public:
+  virtual ~LoRALayer() = default;
+
+  /// Throws `std::invalid_argument` if `add_adapter(name, options)` would be refused.
+  void check_adapter(const std::string& name, const AdapterOptions& options) const {
+    check_adapter_name(name);
+    if (has_adapter(name))
+      throw std::invalid_argument(describe() + ": adapter '" + name + "' already exists; pick another name or delete_adapter(\"" + name + "\") first");
+    if (options.r() <= 0)
+      throw std::invalid_argument(describe() + ": adapter '" + name + "' needs r > 0, got r=" + std::to_string(options.r()));
+    if (options.dropout() < 0.0 || options.dropout() >= 1.0)
+      throw std::invalid_argument(describe() + ": adapter '" + name + "' needs 0 <= dropout < 1, got " + std::to_string(options.dropout()));
+    validate_options(name, options);
+  }
+
+  /// Adds (but does not activate) an adapter, initialised as `options.init()` says.
+  void add_adapter(const std::string& name, const AdapterOptions& options) {
+    check_adapter(name, options);
+    options_.emplace(name, options);
+    names_.push_back(name);
+    create_adapter(name);
+  }
+
+  /// Removes an adapter (unmerge first if it is merged).
+  void delete_adapter(const std::string& name) {
+    require_adapter(name);
+    if (is_merged(name))
+      throw std::logic_error(describe() + ": adapter '" + name + "' is merged into the weight; unmerge() before deleting it");
+    options_.erase(name);
+    names_.erase(std::find(names_.begin(), names_.end(), name));
+    active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
+    rebuild_adapter_dicts();
+  }
+
+  bool has_adapter(const std::string& name) const { return options_.count(name) > 0; }
+  /// Adapter names in insertion order.
+  const std::vector<std::string>& adapter_names() const { return names_; }
+  const AdapterOptions& adapter_options(const std::string& name) const {
+    require_adapter(name);
+    return options_.at(name);
+  }
+  double scaling(const std::string& name) const { return adapter_options(name).scaling(); }
+
+  /// Chooses which adapters the forward applies (their updates are summed).
+  void set_active_adapters(const std::vector<std::string>& names) {
+    for (const auto& n : names) require_adapter(n);
+    if (!merged_.empty() && names != active_)
+      throw std::logic_error(describe() + ": cannot switch adapters while merged; unmerge() first");
+    active_ = names;
+  }
+  const std::vector<std::string>& active_adapters() const { return active_; }
+
+  /// The A weight ([r, in] for Linear) of adapter `name`.
+  torch::Tensor& lora_A(const std::string& name) {
+    require_adapter(name);
+    return adapter_weight(dict_A(), name);
+  }
+  /// The B weight ([out, r] for Linear) of adapter `name`.
+  torch::Tensor& lora_B(const std::string& name) {
+    require_adapter(name);
+    return adapter_weight(dict_B(), name);
+  }
+
+  /// The dense update of adapter `name`, scaled, in the layout of the base
+  /// weight and in the wider of float32 and the base weight's dtype. Only merge
+  /// and tests build it: the forward never does.
+  virtual torch::Tensor delta_weight(const std::string& name) = 0;
+
+  /// Adds every active, not yet merged adapter into the base weight. Merging an
+  /// already merged layer does nothing. With `safe`, nothing is written if the
+  /// result would hold NaN or Inf. A copy of the unmerged weight is kept (outside
+  /// the registered buffers) so that `unmerge()` restores it bit for bit; pass
+  /// `keep_copy = false` when the merge is final (merge_and_unload).
+  void merge(bool safe = false, bool keep_copy = true) {
+    std::vector<std::string> todo;
+    for (const auto& n : active_)
+      if (!is_merged(n)) todo.push_back(n);
+    if (todo.empty()) return;
+    torch::NoGradGuard no_grad;
+    torch::Tensor& w = base_weight();
+    torch::Tensor merged = merged_weight(todo);
+    if (safe && !torch::isfinite(merged).all().item<bool>())
+      throw std::runtime_error(describe() + ": merging adapter(s) " + join(todo) +
+                               " would put NaN/Inf into the weight; the weight was left untouched");
+    if (keep_copy && !unmerged_weight_.defined()) unmerged_weight_ = w.detach().clone();
+    w.copy_(merged);
+    merged_.insert(merged_.end(), todo.begin(), todo.end());
+  }
+
+  /// True when merging the active adapters would give a finite weight.
+  bool merge_is_finite() {
+    torch::NoGradGuard no_grad;
+    std::vector<std::string> todo;
+    for (const auto& n : active_)
+      if (!is_merged(n)) todo.push_back(n);
+    return todo.empty() || torch::isfinite(merged_weight(todo)).all().item<bool>();
+  }
+
+  /// Restores the weight saved by `merge()` exactly. Unmerging an unmerged layer does nothing.
+  void unmerge() {
+    if (merged_.empty()) return;
+    if (!unmerged_weight_.defined())
+      throw std::logic_error(describe() + ": the merge was final (merge_and_unload or keep_copy=false); nothing to restore");
+    torch::NoGradGuard no_grad;
+    base_weight().copy_(unmerged_weight_);
+    unmerged_weight_ = torch::Tensor();
+    merged_.clear();
+  }
+
+  bool merged() const { return !merged_.empty(); }
+  bool is_merged(const std::string& name) const {
+    return std::find(merged_.begin(), merged_.end(), name) != merged_.end();
+  }
+
+  /// Drops every adapter; a merged weight stays merged (merge_and_unload).
+  /// Afterwards the parameter names are exactly those of the base layer.
+  void unload() {
+    options_.clear();
+    names_.clear();
+    active_.clear();
+    merged_.clear();
+    unmerged_weight_ = torch::Tensor();
+    rebuild_adapter_dicts();
+  }
+
+  /// The frozen base weight W0 and bias (undefined when the layer has none).
+  virtual torch::Tensor& base_weight() = 0;
+  virtual torch::Tensor base_bias() = 0;
+  /// e.g. "LoRALinear(in_features=768, out_features=2304)", used in errors.
+  virtual std::string describe() const = 0;
+
+ protected:
+  virtual torch::nn::ModuleDict& dict_A() = 0;
+  virtual torch::nn::ModuleDict& dict_B() = 0;
+  /// Creates and registers A and B for `name` (options already stored).
+  virtual void create_adapter(const std::string& name) = 0;
+  /// Unregisters and re-registers the dicts from the current adapter set.
+  virtual void rebuild_adapter_dicts() = 0;
+  /// Layer-specific checks of new adapter options (slice masks, ...).
+  virtual void validate_options(const std::string& name, const AdapterOptions& options) const = 0;
+
+  /// Merge errors name the adapter, so error texts need the list.
+  static std::string join(const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "'" : ", '") + n + "'";
+    return out;
+  }
+
+  void require_adapter(const std::string& name) const {
+    if (!has_adapter(name))
+      throw std::invalid_argument(describe() + ": no adapter named '" + name + "' (adapters: " +
+                                  (names_.empty() ? std::string("none") : join(names_)) + ")");
+  }
+
+  static void check_adapter_name(const std::string& name) {
+    if (name.empty() || name.find('.') != std::string::npos)
+      throw std::invalid_argument("adapter name '" + name + "' is invalid: it must be non-empty and contain no '.'");
+  }
+
+  static torch::Tensor& adapter_weight(torch::nn::ModuleDict& dict, const std::string& name) {
+    return dict->at<torch::nn::LinearImpl>(name).weight;
+  }
+
+  /// W0 + sum of the updates, computed in the wider of float32 and W0's dtype.
+  torch::Tensor merged_weight(const std::vector<std::string>& names) {
+    torch::Tensor w = base_weight();
+    auto dtype = torch::promote_types(torch::kFloat32, w.scalar_type());
+    torch::Tensor sum = w.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+    for (const auto& n : names) sum.add_(delta_weight(n).to(dtype));
+    return sum;
+  }
+
+  /// Copies the stored adapter set and merge state into a fresh holder (clone()).
+  std::map<std::string, AdapterOptions> options_;
+  std::vector<std::string> names_;
+  std::vector<std::string> active_;
+  std::vector<std::string> merged_;
+  /// W0 as it was before the first merge; not a registered buffer, so it stays
+  /// out of state dicts; the layer's to() and clone() carry it along.
+  torch::Tensor unmerged_weight_;
+};
+
+namespace detail {
+
+/// Shared Module plumbing for LoRA layers: `clone()` and `to()` overrides that
+/// keep requires_grad flags and the saved unmerged weight, and the adapter dicts.
+template <class Derived>
+class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
+ public:
+  std::shared_ptr<torch::nn::Module> clone(
+      const c10::optional<torch::Device>& device = c10::nullopt) const override {
+    auto copy = std::dynamic_pointer_cast<Derived>(torch::nn::Cloneable<Derived>::clone(device));
+    // Cloneable::clone re-registers parameters with requires_grad = true, which would
+    // unfreeze W0 (it does so for a plain torch::nn::Linear too): mirror our flags.
+    auto dst = copy->named_parameters(/*recurse=*/true);
+    for (const auto& p : this->named_parameters(/*recurse=*/true))
+      dst[p.key()].requires_grad_(p.value().requires_grad());
+    if (unmerged_weight_.defined())
+      copy->unmerged_weight_ = device ? unmerged_weight_.to(*device, false, true) : unmerged_weight_.clone();
+    return copy;
+  }
+
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override {
+    torch::nn::Module::to(device, dtype, non_blocking);
+    if (unmerged_weight_.defined()) unmerged_weight_ = unmerged_weight_.to(device, dtype, non_blocking);
+  }
+  void to(torch::Dtype dtype, bool non_blocking = false) override {
+    torch::nn::Module::to(dtype, non_blocking);
+    if (unmerged_weight_.defined()) unmerged_weight_ = unmerged_weight_.to(dtype, non_blocking);
+  }
+  void to(torch::Device device, bool non_blocking = false) override {
+    torch::nn::Module::to(device, non_blocking);
+    if (unmerged_weight_.defined()) unmerged_weight_ = unmerged_weight_.to(device, non_blocking);
+  }
+
+ protected:
+  /// Registers the two adapter dicts (named as PEFT names them) and fills them from
+  /// the stored options; called from the layer's reset() and after delete_adapter().
+  void register_adapter_dicts(const char* name_A, const char* name_B) {
+    auto& self = static_cast<Derived&>(*this);
+    if (self.named_children().contains(name_A)) {
+      self.unregister_module(name_A);
+      self.unregister_module(name_B);
+    }
+    A_ = self.register_module(name_A, torch::nn::ModuleDict());
+    B_ = self.register_module(name_B, torch::nn::ModuleDict());
+    for (const auto& n : names_) create_adapter(n);
+  }
+
+  /// A bias-free Linear whose weight [rows, cols] holds an adapter matrix; its own
+  /// initialisation is kaiming_uniform(a = sqrt(5)), which is LoRA's init for A.
+  static torch::nn::Linear make_holder(int64_t rows, int64_t cols) {
+    return torch::nn::Linear(torch::nn::LinearOptions(cols, rows).bias(false));
+  }
+
+  /// Moves A and B to the base weight's device and the adapter's dtype, then registers them.
+  void insert_adapter(const std::string& name, torch::nn::Linear A, torch::nn::Linear B) {
+    const auto device = this->base_weight().device();
+    const auto dtype = options_.at(name).dtype();
+    A->to(device, dtype);
+    B->to(device, dtype);
+    A_->update({{name, A.ptr()}});
+    B_->update({{name, B.ptr()}});
+  }
+
+  torch::nn::ModuleDict& dict_A() override { return A_; }
+  torch::nn::ModuleDict& dict_B() override { return B_; }
+
+  torch::nn::ModuleDict A_{nullptr}, B_{nullptr};
+};
+
+/// Applies `fn(name, layer)` to every LoRA layer under `root` (root itself included,
+/// with name ""), never descending into a LoRA layer's own internals. Works on a
+/// root that is not held by a shared_ptr.
+template <class Fn>
+inline void for_each_lora_layer(torch::nn::Module& root, Fn&& fn) {
+  if (auto* layer = dynamic_cast<LoRALayer*>(&root)) {
+    fn(std::string(), *layer);
+    return;
+  }
+  std::string inside;  // prefix of the LoRA layer whose internals are being skipped
+  for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    const std::string& name = item.key();
+    if (!inside.empty() && name.compare(0, inside.size(), inside) == 0) continue;
+    if (auto* layer = dynamic_cast<LoRALayer*>(item.value().get())) {
+      fn(name, *layer);
+      inside = name + ".";
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace lora

@@ -1,0 +1,214 @@
+#pragma once
+/// \file linear.hpp
+/// `lora::LoRALinear`: a drop-in for `torch::nn::Linear` that can carry adapters.
+
+#include <lora/layer.hpp>
+
+#include <ostream>
+
+namespace lora {
+
+namespace detail {
+
+/// Adds `scale * (x Aᵀ) Bᵀ` into `out2d` ([N, out]); `x2d` is [N, in]. With a slice
+/// mask over n equal output slices, A is [k·r, in] and B is [k·(out/n), r] for the k
+/// enabled slices, and the i-th enabled slice j only touches output columns
+/// [j·out/n, (j+1)·out/n). This is the one place where an adapter meets a matmul.
+inline void add_lora_update(torch::Tensor& out2d, const torch::Tensor& x2d, const torch::Tensor& A,
+                            const torch::Tensor& B, double scale, const std::vector<bool>& enable) {
+  torch::Tensor h = torch::mm(x2d, A.t()).mul_(scale);  // [N, k·r], small: scaling here is cheapest
+  const bool same = out2d.scalar_type() == B.scalar_type();
+  auto add = [&](torch::Tensor dst, const torch::Tensor& hi, const torch::Tensor& Bi) {
+    if (same)
+      dst.addmm_(hi, Bi.t());
+    else
+      dst.add_(torch::mm(hi, Bi.t()).to(out2d.scalar_type()));
+  };
+  if (enable.empty()) return add(out2d, h, B);
+  const int64_t n = static_cast<int64_t>(enable.size());
+  const int64_t slice = out2d.size(1) / n;
+  const int64_t r = B.size(1);
+  int64_t i = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!enable[j]) continue;
+    add(out2d.narrow(1, j * slice, slice), h.narrow(1, i * r, r), B.narrow(0, i * slice, slice));
+    ++i;
+  }
+}
+
+inline int64_t count_enabled(const std::vector<bool>& enable) {
+  return static_cast<int64_t>(std::count(enable.begin(), enable.end(), true));
+}
+
+}  // namespace detail
+
+/// A `torch::nn::Linear` with LoRA adapters:
+///
+///     y = x W0ᵀ + b + Σ_active  s · dropout(x) Aᵀ Bᵀ,   s = alpha / r  (alpha / sqrt(r) with rsLoRA)
+///
+/// Input (..., in_features), output (..., out_features). Same constructors, same
+/// `weight` [out, in] and `bias` [out] parameters (same names, same initialisation
+/// and RNG use) as `torch::nn::Linear`, so a base checkpoint loads unchanged and,
+/// with no adapter, the output is bit for bit that of `torch::nn::Linear`.
+/// Adapters live in `lora_A.<name>.weight` [r, in] and `lora_B.<name>.weight`
+/// [out, r], as in PEFT. A starts kaiming-uniform (a = sqrt(5)), B at zero.
+///
+/// Slice masks (loralib's MergedLinear): for a fused projection such as GPT-2's
+/// c_attn (q, k, v stacked on the output axis), `AdapterOptions::enable({true,false,true})`
+/// splits the output into n equal slices and adapts only the enabled ones.
+/// Then A is [k·r, in] and B is [k·out/n, r] for k enabled slices (loralib's
+/// shapes): slice i of A and of B form the i-th enabled slice's update, and the
+/// rows of ΔW for disabled slices are exactly zero.
+///
+/// Merging adds s·B·A into `weight`; while merged the forward does not add the
+/// adapter again. A forward in training mode with gradients enabled on a merged,
+/// trainable adapter is an error (the adapter would get no gradient).
+///
+/// Example:
+/// \code
+///   lora::LoRALinear proj(768, 2304);                     // as torch::nn::Linear(768, 2304)
+///   proj->add_adapter("default", lora::AdapterOptions(8).alpha(16));
+///   proj->set_active_adapters({"default"});
+///   auto y = proj(torch::randn({4, 768}));                // [4, 2304]
+/// \endcode
+class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
+ public:
+  LoRALinearImpl(int64_t in_features, int64_t out_features)
+      : LoRALinearImpl(torch::nn::LinearOptions(in_features, out_features)) {}
+  explicit LoRALinearImpl(const torch::nn::LinearOptions& options_) : options(options_) { reset(); }
+  /// Wraps an existing Linear: W0 and b are the same tensors as `base`'s (shared, not copied).
+  explicit LoRALinearImpl(const torch::nn::Linear& base)
+      : options(base->options), pending_weight_(base->weight), pending_bias_(base->bias) {
+    reset();
+  }
+
+  void reset() override {
+    const bool shared = pending_weight_.defined();
+    weight = shared ? register_parameter("weight", pending_weight_, pending_weight_.requires_grad())
+                    : register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+    if (!options.bias())
+      bias = register_parameter("bias", {}, /*requires_grad=*/false);
+    else if (shared && pending_bias_.defined())
+      bias = register_parameter("bias", pending_bias_, pending_bias_.requires_grad());
+    else
+      bias = register_parameter("bias", torch::empty(options.out_features()));
+    if (!shared) reset_parameters();
+    pending_weight_ = pending_bias_ = torch::Tensor();
+    register_adapter_dicts("lora_A", "lora_B");
+  }
+
+  /// Initialises W0 and b exactly as `torch::nn::Linear` does.
+  void reset_parameters() {
+    torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+    if (bias.defined()) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features()));
+      torch::nn::init::uniform_(bias, -bound, bound);
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& input) {
+    torch::Tensor result = torch::nn::functional::linear(input, weight, bias);
+    if (active_.empty()) return result;
+    torch::Tensor x2d, out2d;
+    for (const auto& name : active_) {
+      if (is_merged(name)) {
+        check_not_training_merged(name);
+        continue;
+      }
+      if (!out2d.defined()) {
+        out2d = result.view({-1, options.out_features()});
+        x2d = input.reshape({-1, options.in_features()});
+      }
+      const auto& o = options_.at(name);
+      const torch::Tensor& A = lora_A(name);
+      torch::Tensor x = x2d.scalar_type() == A.scalar_type() ? x2d : x2d.to(A.scalar_type());
+      if (o.dropout() > 0.0 && is_training()) x = torch::dropout(x, o.dropout(), /*train=*/true);
+      detail::add_lora_update(out2d, x, A, lora_B(name), o.scaling(), o.enable());
+    }
+    return result;
+  }
+
+  torch::Tensor delta_weight(const std::string& name) override {
+    const auto& o = adapter_options(name);
+    const auto dtype = torch::promote_types(torch::kFloat32, weight.scalar_type());
+    torch::Tensor A = lora_A(name).detach().to(dtype), B = lora_B(name).detach().to(dtype);
+    if (o.enable().empty()) return torch::mm(B, A).mul_(o.scaling());
+    torch::Tensor delta = torch::zeros({options.out_features(), options.in_features()}, A.options());
+    torch::Tensor x = torch::eye(options.in_features(), A.options());  // ΔWᵀ = update of the identity
+    torch::Tensor out = delta.t();                                     // [in, out] view, written in place
+    detail::add_lora_update(out, x, A, B, o.scaling(), o.enable());
+    return delta;
+  }
+
+  torch::Tensor& base_weight() override { return weight; }
+  torch::Tensor base_bias() override { return bias; }
+
+  std::string describe() const override {
+    return "LoRALinear(in_features=" + std::to_string(options.in_features()) +
+           ", out_features=" + std::to_string(options.out_features()) + ")";
+  }
+
+  /// `lora::LoRALinear(in_features=768, out_features=2304, bias=true, adapters=[default: r=4, alpha=32])`
+  void pretty_print(std::ostream& stream) const override {
+    stream << std::boolalpha << "lora::LoRALinear(in_features=" << options.in_features()
+           << ", out_features=" << options.out_features() << ", bias=" << options.bias();
+    print_adapters(stream);
+    stream << ")";
+  }
+
+  torch::nn::LinearOptions options;
+  /// W0 [out, in] and b [out], the names torch::nn::Linear uses.
+  torch::Tensor weight;
+  torch::Tensor bias;
+
+ protected:
+  void create_adapter(const std::string& name) override {
+    const auto& o = options_.at(name);
+    const int64_t n = o.enable().empty() ? 1 : static_cast<int64_t>(o.enable().size());
+    const int64_t k = o.enable().empty() ? 1 : detail::count_enabled(o.enable());
+    auto A = make_holder(k * o.r(), options.in_features());  // kaiming_uniform(a = sqrt(5))
+    auto B = make_holder(k * (options.out_features() / n), o.r());
+    torch::NoGradGuard no_grad;
+    if (o.init() == Init::Gaussian) A->weight.normal_(0.0, 1.0 / static_cast<double>(o.r()));
+    if (o.init() != Init::Random) B->weight.zero_();
+    insert_adapter(name, A, B);
+  }
+
+  void rebuild_adapter_dicts() override { register_adapter_dicts("lora_A", "lora_B"); }
+
+  void validate_options(const std::string& name, const AdapterOptions& o) const override {
+    if (o.enable().empty()) return;
+    const auto n = static_cast<int64_t>(o.enable().size());
+    if (detail::count_enabled(o.enable()) == 0)
+      throw std::invalid_argument(describe() + ": adapter '" + name + "' has a slice mask that enables no slice");
+    if (options.out_features() % n != 0)
+      throw std::invalid_argument(describe() + ": adapter '" + name + "' splits out_features=" +
+                                  std::to_string(options.out_features()) + " into " + std::to_string(n) +
+                                  " slices, which does not divide evenly: check the slice mask's length");
+  }
+
+ private:
+  void check_not_training_merged(const std::string& name) {
+    if (is_training() && torch::GradMode::is_enabled() && lora_A(name).requires_grad())
+      throw std::logic_error(describe() + ": adapter '" + name +
+                             "' is merged into the weight, so training it now would give it no gradient; "
+                             "call lora::unmerge(model) before training, or eval() for inference");
+  }
+
+  void print_adapters(std::ostream& stream) const {
+    if (names_.empty()) return;
+    stream << ", adapters=[";
+    for (size_t i = 0; i < names_.size(); ++i) {
+      const auto& o = options_.at(names_[i]);
+      stream << (i ? ", " : "") << names_[i] << ": r=" << o.r() << ", alpha=" << o.alpha();
+    }
+    stream << "]" << (merged() ? ", merged=true" : "");
+  }
+
+  torch::Tensor pending_weight_, pending_bias_;  // set by the wrapping constructor, consumed by reset()
+};
+
+/// A `ModuleHolder` for `LoRALinearImpl`, as `torch::nn::Linear` is for `LinearImpl`.
+TORCH_MODULE(LoRALinear);
+
+}  // namespace lora

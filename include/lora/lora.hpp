@@ -1,0 +1,21 @@
+#pragma once
+/// \file lora.hpp
+/// Umbrella header of `lora`, low-rank adaptation (Hu et al., 2021) for LibTorch.
+///
+/// Example:
+/// \code
+///   #include <lora/lora.hpp>
+///   auto report = lora::inject_lora(*model, lora::LoRAConfig().r(8).alpha(16).target_modules({"q", "v"}));
+///   torch::optim::AdamW opt(lora::lora_parameters(*model), torch::optim::AdamWOptions(1e-3));
+///   // ... train ...
+///   lora::merge(*model);
+/// \endcode
+
+#include <lora/version.hpp>
+#include <lora/config.hpp>
+#include <lora/layer.hpp>
+#include <lora/linear.hpp>
+#include <lora/embedding.hpp>
+#include <lora/state.hpp>
+#include <lora/inject.hpp>
+#include <lora/merge.hpp>

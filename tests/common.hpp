@@ -1,0 +1,116 @@
+#pragma once
+// Shared test helpers: a seeding fixture, reference formulas on plain tensors, small models.
+
+#include <gtest/gtest.h>
+#include <lora/lora.hpp>
+
+#include <string>
+
+namespace lora_test {
+
+/// Every test starts from torch::manual_seed(0), as PyTorch's own C++ API tests do.
+class Seeded : public ::testing::Test {
+ protected:
+  void SetUp() override { torch::manual_seed(0); }
+};
+
+/// The LoRA formula in float64 from plain tensors: x W0ᵀ + b + s (x Aᵀ) Bᵀ.
+inline torch::Tensor reference_linear(const torch::Tensor& x, const torch::Tensor& W0, const torch::Tensor& b,
+                                      const torch::Tensor& A, const torch::Tensor& B, double s) {
+  auto d = [](const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kDouble); };
+  auto y = torch::matmul(d(x), d(W0).t());
+  if (b.defined()) y = y + d(b);
+  if (A.defined()) y = y + s * torch::matmul(torch::matmul(d(x), d(A).t()), d(B).t());
+  return y;
+}
+
+/// Max |a - b| / max(|b|, tiny), both taken to float64 on the CPU.
+inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto A = a.detach().to(torch::kCPU, torch::kDouble), B = b.detach().to(torch::kCPU, torch::kDouble);
+  return (A - B).abs().max().item<double>() / std::max(B.abs().max().item<double>(), 1e-300);
+}
+
+/// Runs `fn` and returns the message of the exception of type E it throws ("" if none).
+template <class E, class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "";
+}
+
+/// A two-block model shaped like a transformer, with LoRA-capable projections:
+/// blocks.N.attn.{q,k,v,o}, blocks.N.mlp.{fc,proj}, plus an embedding and a plain head.
+struct AttnImpl : torch::nn::Cloneable<AttnImpl> {
+  explicit AttnImpl(int64_t d) : d(d) { reset(); }
+  void reset() override {
+    q = register_module("q", lora::LoRALinear(d, d));
+    k = register_module("k", lora::LoRALinear(d, d));
+    v = register_module("v", lora::LoRALinear(d, d));
+    o = register_module("o", lora::LoRALinear(d, d));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {  // x: [B, T, d], single head, causal
+    auto att = torch::matmul(q(x), k(x).transpose(1, 2)) / std::sqrt(double(d));
+    auto T = x.size(1);
+    auto mask = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(x.device())).triu(1);
+    att = att.masked_fill(mask, -1e9).softmax(-1);
+    return o(torch::matmul(att, v(x)));
+  }
+  int64_t d;
+  lora::LoRALinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
+};
+TORCH_MODULE(Attn);
+
+struct MlpImpl : torch::nn::Cloneable<MlpImpl> {
+  explicit MlpImpl(int64_t d) : d(d) { reset(); }
+  void reset() override {
+    fc = register_module("fc", lora::LoRALinear(d, 4 * d));
+    proj = register_module("proj", lora::LoRALinear(4 * d, d));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return proj(torch::gelu(fc(x))); }
+  int64_t d;
+  lora::LoRALinear fc{nullptr}, proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+struct BlockImpl : torch::nn::Cloneable<BlockImpl> {
+  explicit BlockImpl(int64_t d) : d(d) { reset(); }
+  void reset() override {
+    ln = register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    attn = register_module("attn", Attn(d));
+    mlp = register_module("mlp", Mlp(d));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = x + attn(ln(x));
+    return x + mlp(ln(x));
+  }
+  int64_t d;
+  torch::nn::LayerNorm ln{nullptr};
+  Attn attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+struct TinyTransformerImpl : torch::nn::Cloneable<TinyTransformerImpl> {
+  TinyTransformerImpl(int64_t vocab = 17, int64_t d = 8, int64_t layers = 2) : vocab(vocab), d(d), layers(layers) { reset(); }
+  void reset() override {
+    emb = register_module("emb", lora::LoRAEmbedding(vocab, d));
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int64_t i = 0; i < layers; ++i) blocks->push_back(Block(d));
+    head = register_module("head", torch::nn::Linear(d, 1));
+  }
+  torch::Tensor forward(const torch::Tensor& ids) {
+    auto x = emb(ids);
+    for (const auto& b : *blocks) x = b->as<BlockImpl>()->forward(x);
+    return head(x).squeeze(-1);
+  }
+  int64_t vocab, d, layers;
+  lora::LoRAEmbedding emb{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(TinyTransformer);
+
+}  // namespace lora_test
