@@ -197,7 +197,9 @@ TEST_F(InjectTest, TinyTransformerTrainsOnlyAdaptersThenMergesToSameOutputs) {
   }
   EXPECT_LT(last, 0.7 * first) << "loss " << first << " -> " << last;
   for (const auto& p : m->named_parameters())
-    if (frozen.count(p.key())) EXPECT_TRUE(torch::equal(p.value(), frozen[p.key()])) << p.key() << " changed";
+    if (frozen.count(p.key())) {
+      EXPECT_TRUE(torch::equal(p.value(), frozen[p.key()])) << p.key() << " changed";
+    }
 
   m->eval();
   auto before = m->forward(ids);

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages lora needs to build, test and benchmark.
+# Does nothing when they are all present; needs root (or sudo) otherwise.
+set -euo pipefail
+packages=(
+  g++ cmake ninja-build
+  libtorch-dev          # LibTorch 1.13 (CPU), CMake package "Torch"
+  libopenblas0-pthread  # without it torch falls back to reference BLAS: matmuls ~50x slower
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "setup: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
