@@ -19,3 +19,6 @@
 #include <lora/state.hpp>
 #include <lora/inject.hpp>
 #include <lora/merge.hpp>
+#include <lora/safetensors.hpp>
+#include <lora/tensor_file.hpp>
+#include <lora/adapter_io.hpp>

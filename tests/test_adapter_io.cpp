@@ -1,0 +1,319 @@
+// PEFT adapter files and the native adapter archive: round trips, a PEFT file laid out by
+// hand, per-slice export, strict loading errors.
+#include "common.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+using namespace lora_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A GPT-2-shaped toy with HF's module names: transformer.wte, transformer.h.N.attn.c_attn, ...
+struct GptBlockImpl : torch::nn::Module {
+  explicit GptBlockImpl(int64_t d) : d(d) {
+    attn = register_module("attn", torch::nn::Sequential());  // a plain container, as in HF
+    c_attn = attn->register_module("c_attn", lora::LoRALinear(d, 3 * d));
+    c_proj = attn->register_module("c_proj", lora::LoRALinear(d, d));
+    mlp = register_module("mlp", torch::nn::Sequential());
+    c_fc = mlp->register_module("c_fc", lora::LoRALinear(d, d));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    auto qkv = c_attn(x);
+    x = x + c_proj(qkv.narrow(-1, 0, d) + qkv.narrow(-1, d, d).tanh() + qkv.narrow(-1, 2 * d, d));
+    return x + c_fc(x).tanh();
+  }
+  int64_t d;
+  torch::nn::Sequential attn{nullptr}, mlp{nullptr};
+  lora::LoRALinear c_attn{nullptr}, c_proj{nullptr}, c_fc{nullptr};
+};
+TORCH_MODULE(GptBlock);
+
+struct GptImpl : torch::nn::Module {
+  explicit GptImpl(int64_t d = 8, int64_t vocab = 11, int64_t layers = 2) : d(d), vocab(vocab), layers(layers) {
+    transformer = register_module("transformer", torch::nn::Sequential());
+    wte = transformer->register_module("wte", lora::LoRAEmbedding(vocab, d));
+    h = transformer->register_module("h", torch::nn::ModuleList());
+    for (int64_t i = 0; i < layers; ++i) h->push_back(GptBlock(d));
+  }
+  torch::Tensor forward(const torch::Tensor& ids) {
+    auto x = wte(ids);
+    for (const auto& b : *h) x = b->as<GptBlockImpl>()->forward(x);
+    return x;
+  }
+  int64_t d, vocab, layers;
+  torch::nn::Sequential transformer{nullptr};
+  lora::LoRAEmbedding wte{nullptr};
+  torch::nn::ModuleList h{nullptr};
+};
+TORCH_MODULE(Gpt);
+
+fs::path temp_dir(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("lora_adapter_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+/// A second model with the same base weights as `m` (and no adapters).
+Gpt same_base(Gpt& m) {
+  Gpt copy(m->d, m->vocab, m->layers);
+  torch::NoGradGuard g;
+  auto src = m->named_parameters();
+  for (auto& p : copy->named_parameters()) p.value().copy_(src[p.key()]);
+  return copy;
+}
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+void write_text(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+/// safetensors bytes laid out by hand from (name, shape, float values), F32, in order.
+std::string hand_file(const std::vector<std::tuple<std::string, std::vector<int64_t>, std::vector<float>>>& ts) {
+  std::string header = "{", data;
+  for (const auto& [name, shape, values] : ts) {
+    std::string dims;
+    for (auto d : shape) dims += (dims.empty() ? "" : ",") + std::to_string(d);
+    header += (header.size() > 1 ? "," : "") + std::string("\"") + name + "\":{\"dtype\":\"F32\",\"shape\":[" + dims +
+              "],\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + 4 * values.size()) + "]}";
+    data.append(reinterpret_cast<const char*>(values.data()), 4 * values.size());
+  }
+  header += "}";
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
+  return out + header + data;
+}
+
+std::vector<float> iota(size_t n, float scale) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>((i * 7) % 11) - 0.3f;
+  return v;
+}
+
+}  // namespace
+
+class AdapterFileTest : public Seeded {};
+
+TEST_F(AdapterFileTest, SaveLoadRoundTripGivesIdenticalTensorsOutputsAndConfig) {
+  Gpt m;
+  lora::inject_lora(*m, lora::LoRAConfig().r(2).alpha(6).dropout(0.1).init(lora::Init::Random)
+                            .target_modules({"c_attn", "wte"}).rank_pattern({{"h.1.attn.c_attn", 3}}));
+  auto dir = temp_dir("roundtrip");
+  lora::save_adapter(*m, dir.string(), lora::SaveAdapterOptions().base_model_name_or_path("gpt2").task_type("CAUSAL_LM"));
+  auto cfg = read_json(dir / "adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  EXPECT_EQ(cfg["r"], 2);
+  EXPECT_EQ(cfg["lora_alpha"], 6.0);
+  EXPECT_EQ(cfg["lora_dropout"], 0.1);
+  EXPECT_EQ(cfg["target_modules"], nlohmann::json({"wte", "c_attn"}));
+  EXPECT_EQ(cfg["rank_pattern"], nlohmann::json({{"transformer.h.1.attn.c_attn", 3}}));
+  EXPECT_EQ(cfg["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(cfg["base_model_name_or_path"], "gpt2");
+
+  auto fresh = same_base(m);
+  auto report = lora::load_adapter(*fresh, dir.string());
+  EXPECT_EQ(report.adapted.size(), 3u);
+  EXPECT_EQ(report.trainable_params, 0) << "PEFT loads adapters frozen by default (the whole model is then frozen)";
+  auto a = lora::lora_state_dict(*m), b = lora::lora_state_dict(*fresh);
+  ASSERT_EQ(a.keys(), b.keys());
+  for (const auto& item : a) EXPECT_TRUE(torch::equal(item.value(), b[item.key()])) << item.key();
+  auto& l1 = *fresh->h[1]->as<GptBlockImpl>()->c_attn;
+  EXPECT_EQ(l1.adapter_options("default").r(), 3);
+  EXPECT_DOUBLE_EQ(l1.adapter_options("default").alpha(), 6.0);
+  EXPECT_DOUBLE_EQ(l1.adapter_options("default").dropout(), 0.1);
+  m->eval();
+  fresh->eval();
+  auto ids = torch::randint(0, 11, {2, 5});
+  EXPECT_TRUE(torch::equal(m->forward(ids), fresh->forward(ids)));
+}
+
+TEST_F(AdapterFileTest, HandWrittenPeftFileGivesTheFormulaOutputs) {
+  // As PEFT writes GPT-2 adapters (Conv1D: fan_in_fan_out true), with extra harmless keys.
+  Gpt m(4, 5, 1);
+  auto dir = temp_dir("hand");
+  write_text(dir / "adapter_config.json", R"({
+    "alpha_pattern": {}, "auto_mapping": null, "base_model_name_or_path": "gpt2", "bias": "none",
+    "fan_in_fan_out": true, "inference_mode": true, "init_lora_weights": true, "layer_replication": null,
+    "layers_pattern": null, "layers_to_transform": null, "loftq_config": {}, "lora_alpha": 8, "lora_dropout": 0.1,
+    "megatron_config": null, "megatron_core": "megatron.core", "modules_to_save": null, "peft_type": "LORA", "r": 2,
+    "rank_pattern": {}, "revision": null, "target_modules": ["c_attn"], "task_type": "CAUSAL_LM", "use_dora": false,
+    "use_rslora": false})");
+  auto A = iota(2 * 4, 0.1f), B = iota(12 * 2, 0.05f);
+  // PEFT's variant that keeps the adapter name in the key is accepted too.
+  write_text(dir / "adapter_model.safetensors",
+             hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {2, 4}, A},
+                        {"base_model.model.transformer.h.0.attn.c_attn.lora_B.default.weight", {12, 2}, B}}));
+  lora::load_adapter(*m, dir.string());
+  m->eval();  // lora_dropout 0.1 is active in training mode
+  auto& layer = *m->h[0]->as<GptBlockImpl>()->c_attn;
+  auto x = torch::randn({3, 4});
+  auto At = torch::from_blob(A.data(), {2, 4}).clone(), Bt = torch::from_blob(B.data(), {12, 2}).clone();
+  EXPECT_LT(rel_err(layer.forward(x), reference_linear(x, layer.weight, layer.bias, At, Bt, 8.0 / 2)), 1e-6);
+}
+
+TEST_F(AdapterFileTest, SliceAdaptersExportAsEquivalentRank2rAdapter) {
+  for (bool rslora : {false, true}) {
+    Gpt m(4, 5, 1);
+    lora::inject_lora(*m, lora::LoRAConfig().r(2).alpha(8).use_rslora(rslora).init(lora::Init::Random)
+                              .target_modules({"c_attn"}).enable_lora({{"c_attn", {true, false, true}}}));
+    auto dir = temp_dir("slices");
+    lora::save_adapter(*m, dir.string());
+    auto cfg = read_json(dir / "adapter_config.json");
+    EXPECT_EQ(cfg["r"], 4);
+    EXPECT_DOUBLE_EQ(cfg["lora_alpha"].get<double>(), rslora ? 8.0 * std::sqrt(2.0) : 16.0);
+    auto B = lora::load_safetensors((dir / "adapter_model.safetensors").string())
+                 ["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"];
+    ASSERT_EQ(B.sizes(), torch::IntArrayRef({12, 4}));
+    EXPECT_TRUE(torch::equal(B.slice(0, 4, 8), torch::zeros({4, 4}))) << "k rows stay zero";
+    EXPECT_TRUE(torch::equal(B.slice(0, 0, 4).slice(1, 2, 4), torch::zeros({4, 2}))) << "q rows use only q's rank block";
+    auto fresh = same_base(m);
+    lora::load_adapter(*fresh, dir.string());
+    auto& full = *fresh->h[0]->as<GptBlockImpl>()->c_attn;
+    EXPECT_TRUE(full.adapter_options("default").enable().empty());
+    auto x = torch::randn({3, 4});
+    EXPECT_LT(rel_err(full.forward(x), m->h[0]->as<GptBlockImpl>()->c_attn->forward(x)), 1e-6) << "rslora=" << rslora;
+  }
+}
+
+TEST_F(AdapterFileTest, NameMapRenamesBothWays) {
+  Gpt m(4, 5, 1);
+  lora::inject_lora(*m, lora::LoRAConfig().r(2).init(lora::Init::Random).target_modules({"c_fc"}));
+  lora::NameMap names{[](const std::string& p) { return "model." + p.substr(std::string("transformer.").size()); },
+                      [](const std::string& f) { return "transformer." + f.substr(std::string("model.").size()); }};
+  auto dir = temp_dir("names");
+  lora::save_adapter(*m, dir.string(), lora::SaveAdapterOptions().name_map(names));
+  auto file = lora::load_safetensors((dir / "adapter_model.safetensors").string());
+  EXPECT_TRUE(file.contains("base_model.model.model.h.0.mlp.c_fc.lora_A.weight"));
+  auto fresh = same_base(m);
+  EXPECT_NE(error_of<std::runtime_error>([&] { lora::load_adapter(*fresh, dir.string()); }).find("not a LoRA-capable layer"),
+            std::string::npos);
+  lora::load_adapter(*fresh, dir.string(), lora::LoadAdapterOptions().name_map(names));
+  EXPECT_TRUE(torch::equal(fresh->h[0]->as<GptBlockImpl>()->c_fc->lora_B("default"), m->h[0]->as<GptBlockImpl>()->c_fc->lora_B("default")));
+}
+
+TEST_F(AdapterFileTest, StrictLoadingErrorsNameTheCause) {
+  Gpt src(4, 5, 2);
+  lora::inject_lora(*src, lora::LoRAConfig().r(2).init(lora::Init::Random).target_modules({"c_attn"}));
+  auto good = temp_dir("good");
+  lora::save_adapter(*src, good.string());
+  const auto st_bytes = [&] {
+    std::ifstream in(good / "adapter_model.safetensors", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }();
+  const auto cfg = read_json(good / "adapter_config.json");
+
+  auto expect_error = [&](const std::string& what, const nlohmann::json& config, const std::string& tensors, Gpt target = Gpt(4, 5, 2)) {
+    auto dir = temp_dir("bad");
+    write_text(dir / "adapter_config.json", config.dump());
+    if (!tensors.empty()) write_text(dir / "adapter_model.safetensors", tensors);
+    const auto before = lora::lora_state_dict(*target).size();
+    auto msg = error_of<std::runtime_error>([&] { lora::load_adapter(*target, dir.string()); });
+    EXPECT_NE(msg.find(what), std::string::npos) << "expected '" << what << "', got '" << msg << "'";
+    EXPECT_EQ(lora::lora_state_dict(*target).size(), before) << "a failed load changes nothing";
+  };
+  auto with = [&](const char* key, nlohmann::json v) {
+    auto c = cfg;
+    c[key] = v;
+    return c;
+  };
+  expect_error("key 'use_dora' has a non-default value (true)", with("use_dora", true), st_bytes);
+  expect_error("modules_to_save (fully trained extra modules) is not supported yet", with("modules_to_save", {"lm_head"}), st_bytes);
+  expect_error("key 'brand_new_knob' has a non-default value", with("brand_new_knob", 3), st_bytes);
+  expect_error("must be \"LORA\"", with("peft_type", "IA3"), st_bytes);
+  expect_error("was this adapter trained with r=2? adapter_config.json says r=4", with("r", 4), st_bytes);
+  expect_error("not found", cfg, "");
+  expect_error("selects: truncated file", with("target_modules", {"c_attn", "c_fc"}), st_bytes);
+  expect_error("has tensors but adapter_config.json's target_modules does not select it", with("target_modules", {"h.0.attn.c_attn"}), st_bytes);
+  // A file for a model with another width: the in_features differ.
+  Gpt wide(6, 5, 2);
+  lora::inject_lora(*wide, lora::LoRAConfig().r(2).target_modules({"c_attn"}));
+  auto wdir = temp_dir("wide");
+  lora::save_adapter(*wide, wdir.string());
+  std::ifstream win(wdir / "adapter_model.safetensors", std::ios::binary);
+  expect_error("has shape [2,6], expected [2,4]: different base model?", cfg,
+               std::string((std::istreambuf_iterator<char>(win)), std::istreambuf_iterator<char>()));
+  // Tensors for a module the model does not have, and a module with only A.
+  auto A = iota(8, 0.1f);
+  expect_error("belongs to module 'transformer.h.7.attn.c_attn', which is not a LoRA-capable layer",
+               with("target_modules", nullptr), hand_file({{"base_model.model.transformer.h.7.attn.c_attn.lora_A.weight", {2, 4}, A}}));
+  expect_error("has only its lora_A tensor", with("target_modules", nullptr),
+               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {2, 4}, A}}));
+  expect_error("does not start with 'base_model.model.'", with("target_modules", nullptr), hand_file({{"lora_A.weight", {2, 4}, A}}));
+  expect_error("is not a LoRA A/B tensor", with("target_modules", nullptr),
+               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_magnitude_vector", {2, 4}, A}}));
+  // A pickle-only folder.
+  auto bin = temp_dir("bin");
+  write_text(bin / "adapter_config.json", cfg.dump());
+  write_text(bin / "adapter_model.bin", "PK");
+  Gpt m;
+  EXPECT_NE(error_of<std::runtime_error>([&] { lora::load_adapter(*m, bin.string()); }).find("only the pickle adapter_model.bin"),
+            std::string::npos);
+}
+
+TEST_F(AdapterFileTest, ExistingAdapterNameIsAnErrorOrReplaced) {
+  Gpt m(4, 5, 1);
+  lora::inject_lora(*m, lora::LoRAConfig().r(2).init(lora::Init::Random).target_modules({"c_attn"}));
+  auto dir = temp_dir("exists");
+  lora::save_adapter(*m, dir.string());
+  auto msg = error_of<std::runtime_error>([&] { lora::load_adapter(*m, dir.string()); });
+  EXPECT_NE(msg.find("already has adapter 'default'"), std::string::npos) << msg;
+  auto& layer = *m->h[0]->as<GptBlockImpl>()->c_attn;
+  auto saved_B = layer.lora_B("default").detach().clone();
+  {
+    torch::NoGradGuard g;
+    layer.lora_B("default").zero_();
+  }
+  lora::load_adapter(*m, dir.string(), lora::LoadAdapterOptions().if_exists(lora::IfExists::Replace).trainable(true));
+  EXPECT_TRUE(torch::equal(layer.lora_B("default"), saved_B));
+  EXPECT_TRUE(layer.lora_B("default").requires_grad());
+  EXPECT_FALSE(layer.weight.requires_grad());
+  lora::load_adapter(*m, dir.string(), lora::LoadAdapterOptions().adapter_name("copy").activate(false).dtype(torch::kDouble));
+  EXPECT_EQ(layer.lora_A("copy").scalar_type(), torch::kDouble);
+  EXPECT_EQ(layer.active_adapters(), std::vector<std::string>{"default"});
+}
+
+TEST_F(AdapterFileTest, BiasesTravelWithTheAdapterWhenAsked) {
+  Gpt m(4, 5, 1);
+  lora::inject_lora(*m, lora::LoRAConfig().r(2).target_modules({"c_proj"}).bias(lora::Bias::LoraOnly));
+  auto& layer = *m->h[0]->as<GptBlockImpl>()->c_proj;
+  auto fresh = same_base(m);
+  {
+    torch::NoGradGuard g;
+    layer.bias.add_(1.0);
+  }
+  auto dir = temp_dir("bias");
+  lora::save_adapter(*m, dir.string(), lora::SaveAdapterOptions().bias(lora::Bias::LoraOnly));
+  EXPECT_EQ(read_json(dir / "adapter_config.json")["bias"], "lora_only");
+  lora::load_adapter(*fresh, dir.string());
+  EXPECT_TRUE(torch::equal(fresh->h[0]->as<GptBlockImpl>()->c_proj->bias, layer.bias));
+}
+
+TEST_F(AdapterFileTest, NativeArchiveRoundTripAndStrictness) {
+  Gpt m(4, 5, 1);
+  auto cfg = lora::LoRAConfig().r(2).init(lora::Init::Random).target_modules({"c_attn", "c_fc"});
+  lora::inject_lora(*m, cfg);
+  auto dir = temp_dir("native");
+  const auto path = (dir / "lora.pt").string();
+  lora::save_lora_state(*m, path);
+  auto fresh = same_base(m);
+  lora::inject_lora(*fresh, cfg);
+  lora::load_lora_state(*fresh, path);
+  auto a = lora::lora_state_dict(*m), b = lora::lora_state_dict(*fresh);
+  for (const auto& item : a) EXPECT_TRUE(torch::equal(item.value(), b[item.key()])) << item.key();
+
+  Gpt other_r(4, 5, 1);
+  lora::inject_lora(*other_r, lora::LoRAConfig().r(3).target_modules({"c_attn", "c_fc"}));
+  auto msg = error_of<std::runtime_error>([&] { lora::load_lora_state(*other_r, path); });
+  EXPECT_NE(msg.find("has shape [2,4], the model expects [3,4]"), std::string::npos) << msg;
+  Gpt fewer(4, 5, 1);
+  lora::inject_lora(*fewer, lora::LoRAConfig().r(2).target_modules({"c_attn"}));
+  msg = error_of<std::runtime_error>([&] { lora::load_lora_state(*fewer, path); });
+  EXPECT_NE(msg.find("unexpected transformer.h.0.mlp.c_fc.lora_A.default.weight"), std::string::npos) << msg;
+  fs::resize_file(path, fs::file_size(path) / 2);
+  msg = error_of<std::runtime_error>([&] { lora::load_lora_state(*fresh, path); });
+  EXPECT_NE(msg.find("is not a LibTorch archive"), std::string::npos) << msg;
+}
