@@ -72,4 +72,3 @@ BENCHMARK(BM_FrozenLinearStep)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_LoRAStep)->ArgName("dropout_pct")->Arg(0)->Arg(10)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_LinearInference)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_LoRAInference)->ArgName("merged")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_MAIN();

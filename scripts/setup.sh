@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages lora needs to build, test and benchmark.
+# Installs the Debian 12 packages lora needs to build, test and benchmark
+# (with --fuzz: also clang and its libFuzzer runtime, for the safetensors fuzzer).
 # Does nothing when they are all present; needs root (or sudo) otherwise.
 set -euo pipefail
 packages=(
@@ -9,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev
 )
+[ "${1:-}" = "--fuzz" ] && packages+=(clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
