@@ -9,6 +9,8 @@ packages=(
   libopenblas0-pthread  # without it torch falls back to reference BLAS: matmuls ~50x slower
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev
+  libpcre2-dev          # GPT-2's Unicode pre-tokenizer regex
+  libssl-dev pkg-config # SHA-256 in the tokenizer parity test; finding PCRE2
 )
 [ "${1:-}" = "--fuzz" ] && packages+=(clang-14 libclang-rt-14-dev)
 missing=()

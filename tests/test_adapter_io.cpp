@@ -242,6 +242,9 @@ TEST_F(AdapterFileTest, StrictLoadingErrorsNameTheCause) {
                with("target_modules", nullptr), hand_file({{"base_model.model.transformer.h.7.attn.c_attn.lora_A.weight", {2, 4}, A}}));
   expect_error("has only its lora_A tensor", with("target_modules", nullptr),
                hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {2, 4}, A}}));
+  expect_error("are both lora_A of module 'transformer.h.0.attn.c_attn'", with("target_modules", nullptr),
+               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {2, 4}, A},
+                          {"base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight", {2, 4}, A}}));
   expect_error("does not start with 'base_model.model.'", with("target_modules", nullptr), hand_file({{"lora_A.weight", {2, 4}, A}}));
   expect_error("is not a LoRA A/B tensor", with("target_modules", nullptr),
                hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_magnitude_vector", {2, 4}, A}}));

@@ -439,7 +439,11 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     auto& p = pending[path];
     p.file_path = fp;
     p.layer = it->second;
-    (m[2].str() == "A" ? p.A : p.B) = &t;
+    auto& slot = m[2].str() == "A" ? p.A : p.B;
+    if (slot)
+      throw std::runtime_error("'" + st_path + "': tensors '" + slot->name + "' and '" + t.name +
+                               "' are both lora_" + m[2].str() + " of module '" + fp + "'");
+    slot = &t;
   }
 
   // Cross-check against the config's targets and the shapes before touching the model.
@@ -505,18 +509,12 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     p.layer->add_adapter(name, resolved[i++]);
     for (const auto* view : {p.A, p.B}) {
       torch::Tensor& dst = view == p.A ? p.layer->lora_A(name) : p.layer->lora_B(name);
-      torch::Tensor src = torch::empty(view->shape, torch::TensorOptions().dtype(detail::to_torch(view->dtype)));
-      std::memcpy(src.data_ptr(), view->data, view->nbytes);
-      dst.copy_(src);
+      dst.copy_(to_tensor(*view));
     }
     if (options.activate()) p.layer->set_active_adapters({name});
     report.adapted.push_back(path);
   }
-  for (const auto& [bias_path, view] : biases) {
-    torch::Tensor src = torch::empty(view->shape, torch::TensorOptions().dtype(detail::to_torch(view->dtype)));
-    std::memcpy(src.data_ptr(), view->data, view->nbytes);
-    params[bias_path].copy_(src);
-  }
+  for (const auto& [bias_path, view] : biases) params[bias_path].copy_(to_tensor(*view));
   if (options.trainable())
     mark_only_lora_as_trainable(model, cfg.bias, name);
   else

@@ -14,7 +14,6 @@
 #include <lora/state.hpp>
 
 #include <iomanip>
-#include <locale>
 #include <optional>
 #include <regex>
 

@@ -195,7 +195,7 @@ class LoRALayer {
     return sum;
   }
 
-  /// Copies the stored adapter set and merge state into a fresh holder (clone()).
+  /// Adapter options by name, names in insertion order, the active and the merged ones.
   std::map<std::string, AdapterOptions> options_;
   std::vector<std::string> names_;
   std::vector<std::string> active_;

@@ -70,7 +70,8 @@ inline size_t dtype_size(Dtype d) {
 /// Largest header the reference implementation accepts.
 constexpr uint64_t kMaxHeaderSize = 100000000;
 
-/// One tensor of a parsed file: a view into the file's bytes (not necessarily aligned).
+/// One tensor's bytes, little-endian row-major: a view into a parsed file (not
+/// necessarily aligned), or what `write_file` writes.
 struct TensorView {
   std::string name;
   Dtype dtype = Dtype::F32;
@@ -279,15 +280,6 @@ class File {
   Parsed parsed_;
 };
 
-/// A tensor to write: bytes in little-endian row-major order.
-struct TensorBytes {
-  std::string name;
-  Dtype dtype = Dtype::F32;
-  std::vector<int64_t> shape;
-  const void* data = nullptr;
-  size_t nbytes = 0;
-};
-
 /// Writes `path` through a temporary file in the same folder, fsync and rename: the
 /// target is either the old file or the complete new one, never a partial file.
 inline void atomic_write(const std::string& path, const std::function<void(std::FILE*)>& body) {
@@ -332,7 +324,7 @@ inline void write_bytes(std::FILE* f, const void* data, size_t n, const std::str
 
 /// The header bytes (JSON, space-padded to a multiple of 8 so the data starts aligned)
 /// for tensors laid out in the given order.
-inline std::string make_header(const std::vector<TensorBytes>& tensors, const std::map<std::string, std::string>& metadata) {
+inline std::string make_header(const std::vector<TensorView>& tensors, const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
   if (!metadata.empty()) j["__metadata__"] = metadata;
   uint64_t at = 0;
@@ -354,7 +346,7 @@ inline std::string make_header(const std::vector<TensorBytes>& tensors, const st
 }
 
 /// Writes a safetensors file atomically (see `atomic_write`).
-inline void write_file(const std::string& path, const std::vector<TensorBytes>& tensors,
+inline void write_file(const std::string& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata = {}) {
   const std::string header = make_header(tensors, metadata);
   atomic_write(path, [&](std::FILE* f) {

@@ -53,16 +53,19 @@ inline safetensors::Dtype from_torch(torch::Dtype d, const std::string& name) {
 
 }  // namespace detail
 
+/// One tensor's bytes copied into a fresh CPU tensor (which also fixes alignment).
+inline torch::Tensor to_tensor(const safetensors::TensorView& t) {
+  torch::Tensor cpu = torch::empty(t.shape, torch::TensorOptions().dtype(detail::to_torch(t.dtype)));
+  if (t.nbytes) std::memcpy(cpu.data_ptr(), t.data, t.nbytes);
+  return cpu;
+}
+
 /// Tensors of a parsed file, each copied once from the file's bytes into a fresh CPU
 /// tensor (which also fixes alignment: offsets in a file need not be aligned), then
 /// moved to `device`.
 inline NamedTensors load_safetensors(const safetensors::File& file, torch::Device device = torch::kCPU) {
   NamedTensors out;
-  for (const auto& t : file.tensors()) {
-    torch::Tensor cpu = torch::empty(t.shape, torch::TensorOptions().dtype(detail::to_torch(t.dtype)));
-    if (t.nbytes) std::memcpy(cpu.data_ptr(), t.data, t.nbytes);
-    out.insert(t.name, cpu.to(device));
-  }
+  for (const auto& t : file.tensors()) out.insert(t.name, to_tensor(t).to(device));
   return out;
 }
 
@@ -75,12 +78,12 @@ inline NamedTensors load_safetensors(const std::string& path, torch::Device devi
 inline void save_safetensors(const std::string& path, const NamedTensors& tensors,
                              const std::map<std::string, std::string>& metadata = {}) {
   std::vector<torch::Tensor> keep;  // contiguous CPU copies that back the byte views
-  std::vector<safetensors::TensorBytes> views;
+  std::vector<safetensors::TensorView> views;
   for (const auto& item : tensors) {
     torch::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
     keep.push_back(t);
     views.push_back({item.key(), detail::from_torch(t.scalar_type(), item.key()),
-                     std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(),
+                     std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), static_cast<const uint8_t*>(t.data_ptr()),
                      static_cast<size_t>(t.numel()) * t.element_size()});
   }
   safetensors::write_file(path, views, metadata);

@@ -1,0 +1,284 @@
+#include "model.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+
+namespace gpt2 {
+
+namespace {
+
+const std::set<std::string> kActivations = {"gelu_new", "gelu_pytorch_tanh", "gelu", "relu"};
+
+/// HF keeps these projections as Conv1D with weight [in, out].
+bool is_conv1d_weight(const std::string& key) {
+  static const std::regex re(R"(^transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$)");
+  return std::regex_match(key, re);
+}
+
+std::string shape_of(torch::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+Config Config::from_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read '" + path + "': a GPT-2 folder needs HF's config.json");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
+  }
+  Config c;
+  auto get_int = [&](const char* key, int64_t& dst, const char* alt = nullptr) {
+    const char* k = j.contains(key) ? key : (alt && j.contains(alt) ? alt : nullptr);
+    if (!k) throw std::runtime_error("'" + path + "': missing field '" + key + "'");
+    if (!j[k].is_number_integer() || j[k].get<int64_t>() <= 0)
+      throw std::runtime_error("'" + path + "': field '" + k + "' must be a positive integer");
+    dst = j[k].get<int64_t>();
+  };
+  get_int("vocab_size", c.vocab_size);
+  get_int("n_positions", c.n_positions, "n_ctx");
+  get_int("n_embd", c.n_embd);
+  get_int("n_layer", c.n_layer);
+  get_int("n_head", c.n_head);
+  if (c.n_embd % c.n_head != 0)
+    throw std::runtime_error("'" + path + "': n_embd " + std::to_string(c.n_embd) + " is not divisible by n_head " + std::to_string(c.n_head));
+  c.layer_norm_epsilon = j.value("layer_norm_epsilon", c.layer_norm_epsilon);
+  c.activation_function = j.value("activation_function", c.activation_function);
+  if (!kActivations.count(c.activation_function))
+    throw std::runtime_error("'" + path + "': activation_function '" + c.activation_function +
+                             "' is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu)");
+  c.resid_pdrop = j.value("resid_pdrop", c.resid_pdrop);
+  c.embd_pdrop = j.value("embd_pdrop", c.embd_pdrop);
+  c.attn_pdrop = j.value("attn_pdrop", c.attn_pdrop);
+  return c;
+}
+
+std::string Config::to_json() const {
+  nlohmann::ordered_json j;
+  j["architectures"] = {"GPT2LMHeadModel"};
+  j["model_type"] = "gpt2";
+  j["vocab_size"] = vocab_size;
+  j["n_positions"] = n_positions;
+  j["n_ctx"] = n_positions;
+  j["n_embd"] = n_embd;
+  j["n_layer"] = n_layer;
+  j["n_head"] = n_head;
+  j["layer_norm_epsilon"] = layer_norm_epsilon;
+  j["activation_function"] = activation_function;
+  j["resid_pdrop"] = resid_pdrop;
+  j["embd_pdrop"] = embd_pdrop;
+  j["attn_pdrop"] = attn_pdrop;
+  j["initializer_range"] = 0.02;
+  j["bos_token_id"] = 50256;
+  j["eos_token_id"] = 50256;
+  return j.dump(2) + "\n";
+}
+
+void KVCache::select(const torch::Tensor& index) {
+  for (auto& t : k) t = t.index_select(0, index);
+  for (auto& t : v) t = t.index_select(0, index);
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+AttentionImpl::AttentionImpl(const Config& c) : n_head(c.n_head), attn_pdrop(c.attn_pdrop), resid_pdrop(c.resid_pdrop) {
+  c_attn = register_module("c_attn", lora::LoRALinear(c.n_embd, 3 * c.n_embd));
+  c_proj = register_module("c_proj", lora::LoRALinear(c.n_embd, c.n_embd));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& allowed, torch::Tensor* k_cache,
+                                     torch::Tensor* v_cache) {
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / n_head;
+  auto qkv = c_attn(x).split(C, /*dim=*/2);
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_head, hd}).transpose(1, 2); };  // [B, H, T, hd]
+  torch::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
+  if (k_cache) {
+    if (k_cache->defined()) {
+      k = torch::cat({*k_cache, k}, 2);
+      v = torch::cat({*v_cache, v}, 2);
+    }
+    *k_cache = k;
+    *v_cache = v;
+  }
+  auto att = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
+  att = att.masked_fill(allowed.logical_not(), std::numeric_limits<float>::lowest()).softmax(-1);
+  if (is_training() && attn_pdrop > 0) att = torch::dropout(att, attn_pdrop, true);
+  auto y = torch::matmul(att, v).transpose(1, 2).contiguous().view({B, T, C});
+  y = c_proj(y);
+  return is_training() && resid_pdrop > 0 ? torch::dropout(y, resid_pdrop, true) : y;
+}
+
+// ---- MLP and block ----------------------------------------------------------------------------
+
+MLPImpl::MLPImpl(const Config& c) : activation(c.activation_function), resid_pdrop(c.resid_pdrop) {
+  if (!kActivations.count(activation)) throw std::invalid_argument("gpt2: activation_function '" + activation + "' is not supported");
+  c_fc = register_module("c_fc", lora::LoRALinear(c.n_embd, 4 * c.n_embd));
+  c_proj = register_module("c_proj", lora::LoRALinear(4 * c.n_embd, c.n_embd));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  auto h = c_fc(x);
+  if (activation == "gelu") h = torch::gelu(h);
+  else if (activation == "relu") h = torch::relu(h);
+  else h = torch::gelu(h, "tanh");  // gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  h = c_proj(h);
+  return is_training() && resid_pdrop > 0 ? torch::dropout(h, resid_pdrop, true) : h;
+}
+
+BlockImpl::BlockImpl(const Config& c) {
+  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.n_embd}).eps(c.layer_norm_epsilon)); };
+  ln_1 = register_module("ln_1", ln());
+  attn = register_module("attn", Attention(c));
+  ln_2 = register_module("ln_2", ln());
+  mlp = register_module("mlp", MLP(c));
+}
+
+torch::Tensor BlockImpl::forward(torch::Tensor x, const torch::Tensor& allowed, torch::Tensor* k_cache, torch::Tensor* v_cache) {
+  x = x + attn(ln_1(x), allowed, k_cache, v_cache);
+  return x + mlp(ln_2(x));
+}
+
+TransformerImpl::TransformerImpl(const Config& c) {
+  wte = register_module("wte", lora::LoRAEmbedding(c.vocab_size, c.n_embd));
+  wpe = register_module("wpe", torch::nn::Embedding(c.n_positions, c.n_embd));
+  h = register_module("h", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.n_layer; ++i) h->push_back(Block(c));
+  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.n_embd}).eps(c.layer_norm_epsilon)));
+}
+
+// ---- the model --------------------------------------------------------------------------------
+
+GPT2LMHeadModelImpl::GPT2LMHeadModelImpl(const Config& c) : config(c) {
+  transformer = register_module("transformer", Transformer(c));
+  // HF's _init_weights: N(0, 0.02) weights, zero biases, and residual projections scaled by
+  // 1/sqrt(2 n_layer) (the LayerNorms keep LibTorch's ones/zeros).
+  torch::NoGradGuard no_grad;
+  for (auto& p : named_parameters()) {
+    const auto& key = p.key();
+    if (key.find(".ln_") != std::string::npos) continue;
+    if (key.size() > 5 && key.compare(key.size() - 5, 5, ".bias") == 0) {
+      p.value().zero_();
+      continue;
+    }
+    const bool residual = key.find("c_proj.weight") != std::string::npos;
+    p.value().normal_(0.0, residual ? 0.02 / std::sqrt(2.0 * c.n_layer) : 0.02);
+  }
+}
+
+torch::Tensor GPT2LMHeadModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, KVCache* cache) {
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const int64_t past = cache ? cache->length() : 0, total = past + T;
+  if (total > config.n_positions)
+    throw std::invalid_argument("gpt2: " + std::to_string(total) + " positions exceed n_positions=" + std::to_string(config.n_positions));
+  const auto dev = input_ids.device();
+  // Query t (absolute position past + t) may see key j when j <= past + t and j is not padding.
+  auto causal = torch::ones({T, total}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril(past);
+  torch::Tensor allowed = causal.view({1, 1, T, total}), positions;
+  if (attention_mask.defined()) {
+    if (attention_mask.size(0) != B || attention_mask.size(1) != total)
+      throw std::invalid_argument("gpt2: attention_mask has shape " + shape_of(attention_mask.sizes()) + ", expected [" +
+                                  std::to_string(B) + "," + std::to_string(total) + "] (past + new tokens)");
+    auto keep = attention_mask.to(torch::kBool);
+    allowed = allowed.logical_and(keep.view({B, 1, 1, total}));
+    positions = (attention_mask.to(torch::kLong).cumsum(1) - 1).clamp_min(0).narrow(1, past, T);
+  } else {
+    positions = torch::arange(past, total, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0).expand({B, T});
+  }
+  if (cache && cache->k.empty()) {
+    cache->k.resize(config.n_layer);
+    cache->v.resize(config.n_layer);
+  }
+  auto x = transformer->wte(input_ids) + transformer->wpe(positions);
+  if (is_training() && config.embd_pdrop > 0) x = torch::dropout(x, config.embd_pdrop, true);
+  for (int64_t i = 0; i < config.n_layer; ++i)
+    x = transformer->h[i]->as<BlockImpl>()->forward(x, allowed, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+  x = transformer->ln_f(x);
+  return torch::nn::functional::linear(x, transformer->wte->weight.to(x.scalar_type()));  // tied lm_head
+}
+
+std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const std::string& dir, torch::Dtype dtype) {
+  const auto cfg = Config::from_json_file(dir + "/config.json");
+  const std::string st = dir + "/model.safetensors";
+  if (!std::filesystem::exists(st))
+    throw std::runtime_error("'" + st + "' not found" +
+                             (std::filesystem::exists(dir + "/pytorch_model.bin")
+                                  ? std::string(": only pytorch_model.bin (pickle) is there, which is not read; convert it to safetensors")
+                                  : std::string()));
+  auto model = std::make_shared<GPT2LMHeadModelImpl>(cfg);
+  const lora::safetensors::File file(st);
+  auto params = model->named_parameters();
+  static const std::regex buffers(R"(^h\.\d+\.attn\.(bias|masked_bias)$)");
+  std::set<std::string> loaded;
+  std::vector<std::string> unexpected, wrong;
+  const lora::safetensors::TensorView* lm_head = nullptr;
+  torch::NoGradGuard no_grad;
+  for (const auto& t : file.tensors()) {
+    if (t.name == "lm_head.weight") {
+      lm_head = &t;
+      continue;
+    }
+    const std::string rest = t.name.rfind("transformer.", 0) == 0 ? t.name.substr(12) : t.name;
+    if (std::regex_match(rest, buffers)) continue;  // causal-mask buffers: we build the mask ourselves
+    const std::string key = "transformer." + rest;
+    if (!params.contains(key)) {
+      unexpected.push_back(t.name);
+      continue;
+    }
+    auto value = lora::to_tensor(t);
+    if (is_conv1d_weight(key)) value = value.t();
+    if (value.sizes() != params[key].sizes()) {
+      wrong.push_back(t.name + " has shape " + shape_of(torch::IntArrayRef(t.shape)) + ", expected " +
+                      shape_of(is_conv1d_weight(key) ? params[key].t().sizes() : params[key].sizes()));
+      continue;
+    }
+    params[key].copy_(value);
+    loaded.insert(key);
+  }
+  std::vector<std::string> missing;
+  for (const auto& p : params)
+    if (!loaded.count(p.key())) missing.push_back(p.key());
+  if (!missing.empty() || !unexpected.empty() || !wrong.empty()) {
+    auto list = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (size_t i = 0; i < v.size() && i < 20; ++i) s += (i ? ", " : "") + v[i];
+      return v.size() > 20 ? s + ", ... (" + std::to_string(v.size()) + " in all)" : s;
+    };
+    std::string msg = "'" + st + "' does not fit the GPT-2 of its config.json:";
+    if (!missing.empty()) msg += " missing " + list(missing) + ";";
+    if (!unexpected.empty()) msg += " unexpected " + list(unexpected) + ";";
+    if (!wrong.empty()) msg += " " + list(wrong) + ";";
+    throw std::runtime_error(msg + " is it a GPT-2 checkpoint of this size?");
+  }
+  if (lm_head && !torch::equal(lora::to_tensor(*lm_head), model->transformer->wte->weight))
+    throw std::runtime_error("'" + st + "': lm_head.weight differs from transformer.wte.weight; GPT-2's head is tied "
+                             "to the token embedding and an untied head is not supported");
+  model->to(dtype);
+  return model;
+}
+
+void GPT2LMHeadModelImpl::save_pretrained(const std::string& dir) const {
+  auto* self = const_cast<GPT2LMHeadModelImpl*>(this);
+  if (!lora::lora_state_dict(*self).is_empty())
+    throw std::logic_error("gpt2: the model still has LoRA adapters; call lora::merge_and_unload(model) before "
+                           "save_pretrained, or save the adapter alone with lora::save_adapter");
+  lora::NamedTensors tensors;
+  for (const auto& p : named_parameters())
+    tensors.insert(p.key(), is_conv1d_weight(p.key()) ? p.value().t() : p.value());
+  std::filesystem::create_directories(dir);
+  lora::save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  const std::string json = config.to_json(), path = dir + "/config.json";
+  lora::safetensors::atomic_write(path, [&](std::FILE* f) { lora::safetensors::write_bytes(f, json.data(), json.size(), path); });
+}
+
+lora::LoRAConfig paper_lora_config() {
+  return lora::LoRAConfig().r(4).alpha(32).dropout(0.1).target_modules({"c_attn"}).enable_lora({{"c_attn", {true, false, true}}});
+}
+
+}  // namespace gpt2

@@ -1,0 +1,329 @@
+// GPT-2: a random checkpoint written here in HF layout (Conv1D orientation, real key names)
+// against a float64 forward written separately; KV cache, padding, generation, save/load, errors.
+#include <gtest/gtest.h>
+
+#include "generate.hpp"
+#include "model.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int64_t kVocab = 50, kPos = 32, kEmbd = 16, kLayer = 2, kHead = 4;
+
+class Seeded : public ::testing::Test {
+ protected:
+  void SetUp() override { torch::manual_seed(0); }
+};
+
+/// HF tensors of a random GPT-2 (Conv1D weights [in, out]); keys without "transformer.".
+lora::NamedTensors random_hf_tensors() {
+  lora::NamedTensors t;
+  auto r = [](std::vector<int64_t> shape, double s = 0.2) { return torch::randn(shape) * s; };
+  t.insert("wte.weight", r({kVocab, kEmbd}, 0.5));
+  t.insert("wpe.weight", r({kPos, kEmbd}, 0.5));
+  for (int64_t l = 0; l < kLayer; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    t.insert(p + "ln_1.weight", 1 + r({kEmbd}, 0.1));
+    t.insert(p + "ln_1.bias", r({kEmbd}, 0.1));
+    t.insert(p + "attn.c_attn.weight", r({kEmbd, 3 * kEmbd}));
+    t.insert(p + "attn.c_attn.bias", r({3 * kEmbd}, 0.1));
+    t.insert(p + "attn.c_proj.weight", r({kEmbd, kEmbd}));
+    t.insert(p + "attn.c_proj.bias", r({kEmbd}, 0.1));
+    t.insert(p + "ln_2.weight", 1 + r({kEmbd}, 0.1));
+    t.insert(p + "ln_2.bias", r({kEmbd}, 0.1));
+    t.insert(p + "mlp.c_fc.weight", r({kEmbd, 4 * kEmbd}));
+    t.insert(p + "mlp.c_fc.bias", r({4 * kEmbd}, 0.1));
+    t.insert(p + "mlp.c_proj.weight", r({4 * kEmbd, kEmbd}));
+    t.insert(p + "mlp.c_proj.bias", r({kEmbd}, 0.1));
+  }
+  t.insert("ln_f.weight", 1 + r({kEmbd}, 0.1));
+  t.insert("ln_f.bias", r({kEmbd}, 0.1));
+  return t;
+}
+
+std::string config_json(const std::string& activation = "gelu_new") {
+  return "{\"vocab_size\": " + std::to_string(kVocab) + ", \"n_positions\": " + std::to_string(kPos) + ", \"n_embd\": " +
+         std::to_string(kEmbd) + ", \"n_layer\": " + std::to_string(kLayer) + ", \"n_head\": " + std::to_string(kHead) +
+         ", \"layer_norm_epsilon\": 1e-5, \"activation_function\": \"" + activation + "\", \"model_type\": \"gpt2\"}";
+}
+
+fs::path write_checkpoint(const std::string& name, const lora::NamedTensors& tensors, const std::string& config = config_json()) {
+  auto dir = fs::temp_directory_path() / ("gpt2_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << config;
+  lora::save_safetensors((dir / "model.safetensors").string(), tensors);
+  return dir;
+}
+
+/// GPT-2 forward in float64 from the HF tensors, written independently of the model code.
+torch::Tensor reference_logits(const lora::NamedTensors& t, const torch::Tensor& ids) {
+  auto g = [&](const std::string& k) { return t[k].to(torch::kDouble); };
+  auto ln = [&](const torch::Tensor& x, const std::string& p) {
+    auto mu = x.mean(-1, true), var = (x - mu).pow(2).mean(-1, true);
+    return (x - mu) / torch::sqrt(var + 1e-5) * g(p + ".weight") + g(p + ".bias");
+  };
+  const int64_t T = ids.size(1), hd = kEmbd / kHead;
+  auto h = g("wte.weight").index({ids}) + g("wpe.weight").narrow(0, 0, T);
+  for (int64_t l = 0; l < kLayer; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    auto qkv = torch::matmul(ln(h, p + "ln_1"), g(p + "attn.c_attn.weight")) + g(p + "attn.c_attn.bias");
+    auto split = [&](int64_t i) { return qkv.narrow(-1, i * kEmbd, kEmbd).view({-1, T, kHead, hd}).transpose(1, 2); };
+    auto scores = torch::matmul(split(0), split(1).transpose(-2, -1)) / std::sqrt(double(hd));
+    auto future = torch::ones({T, T}, torch::kBool).triu(1);
+    auto att = torch::softmax(scores.masked_fill(future, -INFINITY), -1);
+    auto y = torch::matmul(att, split(2)).transpose(1, 2).reshape({-1, T, kEmbd});
+    h = h + torch::matmul(y, g(p + "attn.c_proj.weight")) + g(p + "attn.c_proj.bias");
+    auto f = torch::matmul(ln(h, p + "ln_2"), g(p + "mlp.c_fc.weight")) + g(p + "mlp.c_fc.bias");
+    f = 0.5 * f * (1 + torch::tanh(std::sqrt(2.0 / M_PI) * (f + 0.044715 * f.pow(3))));
+    h = h + torch::matmul(f, g(p + "mlp.c_proj.weight")) + g(p + "mlp.c_proj.bias");
+  }
+  return torch::matmul(ln(h, "ln_f"), g("wte.weight").t());
+}
+
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto A = a.detach().to(torch::kDouble), B = b.detach().to(torch::kDouble);
+  return (A - B).abs().max().item<double>() / B.abs().max().item<double>();
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+class Gpt2Test : public Seeded {
+ protected:
+  void SetUp() override {
+    Seeded::SetUp();
+    tensors = random_hf_tensors();
+    dir = write_checkpoint("base", tensors);
+    model = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
+    model->eval();
+  }
+  lora::NamedTensors tensors;
+  fs::path dir;
+  std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model;
+};
+
+TEST_F(Gpt2Test, LogitsEqualFloat64Reference) {
+  auto ids = torch::randint(0, kVocab, {3, 9});
+  auto logits = model->forward(ids);
+  EXPECT_EQ(logits.sizes(), torch::IntArrayRef({3, 9, kVocab}));
+  EXPECT_LT(rel_err(logits, reference_logits(tensors, ids)), 1e-5);
+}
+
+TEST_F(Gpt2Test, LoadsHubLayoutWithPrefixBuffersAndTiedHead) {
+  lora::NamedTensors hub;
+  for (const auto& item : tensors) hub.insert("transformer." + item.key(), item.value());
+  for (int64_t l = 0; l < kLayer; ++l) {  // HF's causal-mask buffers
+    hub.insert("transformer.h." + std::to_string(l) + ".attn.bias", torch::ones({1, 1, kPos, kPos}).tril());
+    hub.insert("transformer.h." + std::to_string(l) + ".attn.masked_bias", torch::tensor(-1e4));
+  }
+  hub.insert("lm_head.weight", tensors["wte.weight"]);
+  auto other = gpt2::GPT2LMHeadModelImpl::from_pretrained(write_checkpoint("hub", hub).string());
+  other->eval();
+  auto ids = torch::randint(0, kVocab, {2, 5});
+  EXPECT_TRUE(torch::equal(other->forward(ids), model->forward(ids)));
+  std::vector<std::string> names;
+  for (const auto& p : other->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(std::count(names.begin(), names.end(), "transformer.wte.weight"), 1);
+  EXPECT_EQ(std::count_if(names.begin(), names.end(), [](const std::string& n) { return n.find("lm_head") != std::string::npos; }), 0);
+}
+
+TEST_F(Gpt2Test, KVCachedStepsEqualFullForward) {
+  auto ids = torch::randint(0, kVocab, {2, 10});
+  auto full = model->forward(ids);
+  gpt2::KVCache cache;
+  auto first = model->forward(ids.narrow(1, 0, 4), {}, &cache);
+  EXPECT_LT(rel_err(first, full.narrow(1, 0, 4)), 1e-6);
+  for (int64_t t = 4; t < 10; ++t) {
+    auto step = model->forward(ids.narrow(1, t, 1), {}, &cache);
+    EXPECT_LT(rel_err(step, full.narrow(1, t, 1)), 1e-5) << "position " << t;
+  }
+  EXPECT_EQ(cache.length(), 10);
+}
+
+TEST_F(Gpt2Test, PaddingDoesNotChangeASequencesLogits) {
+  auto a = torch::randint(0, kVocab, {1, 7}), b = torch::randint(0, kVocab, {1, 4});
+  auto alone_b = model->forward(b);
+  // Left padding (generation) and right padding (training) in one batch with a.
+  auto left = torch::cat({torch::cat({torch::zeros({1, 3}, torch::kLong), b}, 1), a});
+  auto left_mask = torch::cat({torch::cat({torch::zeros({1, 3}, torch::kLong), torch::ones({1, 4}, torch::kLong)}, 1),
+                               torch::ones({1, 7}, torch::kLong)});
+  auto out = model->forward(left, left_mask);
+  EXPECT_LT(rel_err(out[0].narrow(0, 3, 4), alone_b[0]), 1e-5);
+  EXPECT_LT(rel_err(out[1], model->forward(a)[0]), 1e-5);
+  auto right = torch::cat({torch::cat({b, torch::zeros({1, 3}, torch::kLong)}, 1), a});
+  auto right_mask = torch::cat({torch::cat({torch::ones({1, 4}, torch::kLong), torch::zeros({1, 3}, torch::kLong)}, 1),
+                                torch::ones({1, 7}, torch::kLong)});
+  EXPECT_LT(rel_err(model->forward(right, right_mask)[0].narrow(0, 0, 4), alone_b[0]), 1e-5);
+}
+
+TEST_F(Gpt2Test, GreedyEqualsArgmaxOfFullForwardsAndBeamOfOne) {
+  std::vector<std::vector<int64_t>> prompts = {{1, 2, 3}, {4, 5, 6, 7, 8}};
+  gpt2::GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.eos_token_ids = {kVocab + 1};  // never produced: full length
+  auto greedy = gpt2::generate(*model, prompts, o);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int64_t> seq = prompts[i], expect;
+    for (int s = 0; s < 6; ++s) {  // no cache, no padding, one sequence at a time
+      auto next = model->forward(torch::tensor(seq).unsqueeze(0))[0][-1].argmax().item<int64_t>();
+      seq.push_back(next);
+      expect.push_back(next);
+    }
+    EXPECT_EQ(greedy[i], expect) << "prompt " << i;
+  }
+  o.num_beams = 1;
+  EXPECT_EQ(gpt2::generate(*model, prompts, o), greedy);
+  o.num_beams = 3;
+  o.length_penalty = 0.8;
+  auto beams = gpt2::generate(*model, prompts, o);
+  EXPECT_EQ(beams.size(), 2u);
+  EXPECT_EQ(beams[0].size(), 6u);
+}
+
+TEST_F(Gpt2Test, BeamSearchWithVocabWideBeamFindsTheExhaustiveBest) {
+  // With num_beams = vocab size and two steps, beam search sees every candidate: compare with
+  // brute force over all 1-token (EOS) and 2-token sequences, gpt2_beam.py's scoring.
+  const std::vector<int64_t> prompt = {3, 1, 4};
+  const int64_t eos = 7;
+  const double lp = 0.8;
+  gpt2::GenerateOptions o;
+  o.num_beams = kVocab;
+  o.max_new_tokens = 2;
+  o.length_penalty = lp;
+  o.eos_token_ids = {eos};
+  auto got = gpt2::generate(*model, {prompt}, o)[0];
+  auto lp1 = model->forward(torch::tensor(prompt).unsqueeze(0))[0][-1].log_softmax(-1).to(torch::kDouble);
+  double best = lp1[eos].item<double>() / std::pow(1.0, lp);
+  std::vector<int64_t> best_seq = {};  // EOS itself is cut from the output
+  for (int64_t t1 = 0; t1 < kVocab; ++t1) {
+    if (t1 == eos) continue;
+    auto seq = prompt;
+    seq.push_back(t1);
+    auto lp2 = model->forward(torch::tensor(seq).unsqueeze(0))[0][-1].log_softmax(-1).to(torch::kDouble);
+    for (int64_t t2 = 0; t2 < kVocab; ++t2) {
+      const double score = (lp1[t1].item<double>() + lp2[t2].item<double>()) / std::pow(2.0, lp);
+      if (score > best + 1e-9) {
+        best = score;
+        best_seq = t2 == eos ? std::vector<int64_t>{t1} : std::vector<int64_t>{t1, t2};
+      }
+    }
+  }
+  EXPECT_EQ(got, best_seq);
+}
+
+TEST_F(Gpt2Test, SamplingIsSeededAndTopKOneIsGreedy) {
+  gpt2::GenerateOptions o;
+  o.max_new_tokens = 8;
+  o.eos_token_ids = {kVocab + 1};
+  o.do_sample = true;
+  o.seed = 42;
+  o.temperature = 1.5;
+  auto a = gpt2::generate(*model, {{1, 2}}, o), b = gpt2::generate(*model, {{1, 2}}, o);
+  EXPECT_EQ(a, b);
+  o.seed = 43;
+  EXPECT_NE(gpt2::generate(*model, {{1, 2}}, o), a);
+  o.top_k = 1;
+  gpt2::GenerateOptions greedy;
+  greedy.max_new_tokens = 8;
+  greedy.eos_token_ids = {kVocab + 1};
+  EXPECT_EQ(gpt2::generate(*model, {{1, 2}}, o), gpt2::generate(*model, {{1, 2}}, greedy));
+  o.top_k = 0;
+  o.top_p = 1e-9;  // only the most likely token survives
+  EXPECT_EQ(gpt2::generate(*model, {{1, 2}}, o), gpt2::generate(*model, {{1, 2}}, greedy));
+}
+
+TEST_F(Gpt2Test, NoRepeatNgramAndEosRules) {
+  gpt2::GenerateOptions o;
+  o.max_new_tokens = 20;
+  o.eos_token_ids = {kVocab + 1};
+  o.no_repeat_ngram_size = 2;
+  o.num_beams = 4;
+  for (const auto& out : gpt2::generate(*model, {{1, 2, 3}, {9}}, o)) {
+    std::set<std::pair<int64_t, int64_t>> seen;
+    for (size_t i = 0; i + 1 < out.size(); ++i) EXPECT_TRUE(seen.insert({out[i], out[i + 1]}).second) << "repeated bigram";
+  }
+  // The most likely first token as EOS: generation stops at once and returns nothing.
+  const int64_t top = model->forward(torch::tensor({5, 6}).unsqueeze(0))[0][-1].argmax().item<int64_t>();
+  gpt2::GenerateOptions e;
+  e.max_new_tokens = 10;
+  e.eos_token_ids = {top};
+  EXPECT_TRUE(gpt2::generate(*model, {{5, 6}}, e)[0].empty());
+  e.min_length = 3;  // EOS banned for the first 3 tokens
+  auto longer = gpt2::generate(*model, {{5, 6}}, e)[0];
+  EXPECT_GE(longer.size(), 3u);
+  e.max_new_tokens = 40;
+  EXPECT_NE(error_of([&] { gpt2::generate(*model, {{5, 6}}, e); }).find("exceeds n_positions=32"), std::string::npos);
+}
+
+TEST_F(Gpt2Test, SavePretrainedRoundTripsInHfLayout) {
+  auto out = fs::temp_directory_path() / ("gpt2_saved_" + std::to_string(::getpid()));
+  model->save_pretrained(out.string());
+  auto file = lora::load_safetensors((out / "model.safetensors").string());
+  EXPECT_EQ(file["transformer.h.0.attn.c_attn.weight"].sizes(), torch::IntArrayRef({kEmbd, 3 * kEmbd})) << "Conv1D [in, out]";
+  EXPECT_TRUE(torch::equal(file["transformer.h.1.mlp.c_fc.weight"], tensors["h.1.mlp.c_fc.weight"]));
+  auto again = gpt2::GPT2LMHeadModelImpl::from_pretrained(out.string());
+  again->eval();
+  auto ids = torch::randint(0, kVocab, {2, 6});
+  EXPECT_TRUE(torch::equal(again->forward(ids), model->forward(ids)));
+  EXPECT_EQ(again->config.activation_function, "gelu_new");
+}
+
+TEST_F(Gpt2Test, PaperLoRAConfigAdaptsQAndVOfCAttnThenMergesForDeployment) {
+  auto report = lora::inject_lora(*model, gpt2::paper_lora_config());
+  EXPECT_EQ(report.adapted, (std::vector<std::string>{"transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"}));
+  EXPECT_EQ(report.trainable_params, kLayer * (2 * 4 * kEmbd + 2 * kEmbd * 4));  // A [2r, d] + B [2d, r] per layer
+  auto out = fs::temp_directory_path() / ("gpt2_merged_" + std::to_string(::getpid()));
+  EXPECT_NE(error_of([&] { model->save_pretrained(out.string()); }).find("merge_and_unload"), std::string::npos);
+  lora::merge_and_unload(*model);
+  model->save_pretrained(out.string());
+  auto ids = torch::randint(0, kVocab, {1, 5});
+  auto again = gpt2::GPT2LMHeadModelImpl::from_pretrained(out.string());
+  again->eval();
+  EXPECT_TRUE(torch::equal(again->forward(ids), model->forward(ids)));
+}
+
+TEST_F(Gpt2Test, LoadingErrorsListWhatIsWrong) {
+  auto t = random_hf_tensors();
+  lora::NamedTensors missing;
+  for (const auto& item : t)
+    if (item.key() != "h.1.ln_2.bias") missing.insert(item.key(), item.value());
+  auto msg = error_of([&] { gpt2::GPT2LMHeadModelImpl::from_pretrained(write_checkpoint("missing", missing).string()); });
+  EXPECT_NE(msg.find("missing transformer.h.1.ln_2.bias"), std::string::npos) << msg;
+
+  lora::NamedTensors wrong = t;
+  wrong["h.0.attn.c_attn.weight"] = torch::zeros({kEmbd, 2 * kEmbd});
+  wrong.insert("h.0.attn.extra", torch::zeros({1}));
+  msg = error_of([&] { gpt2::GPT2LMHeadModelImpl::from_pretrained(write_checkpoint("wrong", wrong).string()); });
+  EXPECT_NE(msg.find("h.0.attn.c_attn.weight has shape [16,32], expected [16,48]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unexpected h.0.attn.extra"), std::string::npos) << msg;
+
+  msg = error_of([&] { gpt2::GPT2LMHeadModelImpl::from_pretrained(write_checkpoint("act", t, config_json("swish")).string()); });
+  EXPECT_NE(msg.find("activation_function 'swish' is not supported"), std::string::npos) << msg;
+
+  lora::NamedTensors untied = t;
+  untied.insert("lm_head.weight", torch::zeros({kVocab, kEmbd}));
+  msg = error_of([&] { gpt2::GPT2LMHeadModelImpl::from_pretrained(write_checkpoint("untied", untied).string()); });
+  EXPECT_NE(msg.find("lm_head.weight differs"), std::string::npos) << msg;
+
+  msg = error_of([&] { gpt2::GPT2LMHeadModelImpl::from_pretrained("/nonexistent"); });
+  EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+}
+
+TEST(Gpt2Text, CleanTextCutsLikeGpt2Decode) {
+  EXPECT_EQ(gpt2::clean_text("  The Vaults is a pub. <|endoftext|>garbage"), "The Vaults is a pub.");
+  EXPECT_EQ(gpt2::clean_text("First line\nsecond\n\nafter blank"), "First line\nsecond");
+  EXPECT_EQ(gpt2::clean_text("\n\n"), "");
+}
