@@ -1,0 +1,59 @@
+#pragma once
+// The E2E NLG data as the paper's code reads it, and the batches it trains on.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace gpt2 {
+class Tokenizer;
+}
+
+namespace e2e {
+
+/// One meaning representation with one human reference.
+struct Pair {
+  std::string mr, ref;
+};
+
+/// Reads a `mr||ref` file (microsoft/LoRA's data/e2e/*.txt): each line is stripped and split as
+/// `mr, ref = line.strip().split("||")`. Blank lines are skipped; a line without exactly one
+/// "||" is an error naming the file and the line.
+std::vector<Pair> read_pairs(const std::string& path);
+
+/// Reads the official CSV release (tuetschek/e2e-dataset: header "mr","ref" or just "mr";
+/// RFC 4180 quoting). MRs stay in the CSV's `name[...]` notation.
+std::vector<Pair> read_csv(const std::string& path);
+
+/// One MR with all its references, for generation and scoring (distinct MRs in file order).
+struct Grouped {
+  std::string mr;
+  std::vector<std::string> refs;
+};
+std::vector<Grouped> group_by_mr(const std::vector<Pair>& pairs);
+
+/// A training example as token ids: encode(mr) + [50256] is the context, encode(" " + ref) +
+/// [50256] the completion; the loss covers the completion only.
+struct Example {
+  std::vector<int64_t> tokens;
+  int64_t context_len = 0;
+};
+Example encode_example(const gpt2::Tokenizer& tok, const Pair& pair, int64_t max_len = 512);
+
+/// Inputs, next-token targets and the loss mask of a batch, right-padded (with token 0, mask 0)
+/// to `pad_to`, or to the batch's own longest example when pad_to is 0 (no padding waste).
+struct Batch {
+  torch::Tensor input;   ///< [B, L] long
+  torch::Tensor target;  ///< [B, L] long: input shifted left by one
+  torch::Tensor mask;    ///< [B, L] float: 1 where the target is a completion token
+};
+Batch make_batch(const std::vector<Example>& examples, const std::vector<size_t>& indices, int64_t pad_to = 0);
+
+/// microsoft/LoRA's loss: per position (1 - ls) · NLL + ls · mean(-log p) (label smoothing ls),
+/// masked; returns the per-example sums [B] and the mask counts [B]. The batch loss is
+/// sums.sum() / (counts.sum() + 1e-4), as the reference computes it.
+std::pair<torch::Tensor, torch::Tensor> masked_loss(const torch::Tensor& logits, const Batch& batch, double label_smoothing);
+
+}  // namespace e2e

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# gpt2-e2e end to end on a tiny random GPT-2: init -> train 5 steps -> generate 3 MRs -> score
+# -> eval -> export, checking files and exit codes; then bad inputs must fail with one error line.
+set -euo pipefail
+bin=$1
+data=${LORA_E2E_DIR:-$LORA_SOURCE_DIR/../shared/data/e2e}
+vocab=${LORA_GPT2_DIR:-$LORA_SOURCE_DIR/../shared/data/gpt2}
+if [ ! -f "$data/train.txt" ] || [ ! -f "$vocab/vocab.json" ]; then
+  echo "skipping: E2E data ($data) or GPT-2 tokenizer files ($vocab) not found; set LORA_E2E_DIR / LORA_GPT2_DIR"
+  exit 77
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/data"
+head -n 40 "$data/train.txt" > "$work/data/train.txt"
+head -n 16 "$data/valid.txt" > "$work/data/valid.txt"
+head -n 30 "$data/test.txt" > "$work/data/test.txt"
+
+"$bin" init --out "$work/model" --layers 1 --embd 32 --heads 2 --vocab "$vocab"
+for f in config.json model.safetensors vocab.json merges.txt; do test -f "$work/model/$f"; done
+
+"$bin" train --model "$work/model" --data "$work/data" --out "$work/run" --max-steps 5 --batch-size 4 --warmup 2 --log-every 1
+for f in adapter/adapter_model.safetensors adapter/adapter_config.json epoch_1/adapter_config.json train_log.csv; do test -f "$work/run/$f"; done
+[ "$(wc -l < "$work/run/train_log.csv")" -eq 6 ]  # header + 5 steps
+
+"$bin" generate --model "$work/model" --adapter "$work/run/adapter" --data "$work/data/test.txt" --out "$work/gen" \
+  --limit 3 --beam 2 --max-new-tokens 8
+[ "$(wc -l < "$work/gen/hypothesis.txt")" -eq 3 ]
+[ "$(grep -c '^$' "$work/gen/references.txt")" -eq 3 ]  # one blank line after each MR's references
+
+if [ -n "${E2E_HAS_SCORE:-}" ]; then
+  "$bin" score --hyp "$work/gen/hypothesis.txt" --refs "$work/gen/references.txt" --json > "$work/scores.json"
+  grep -q '"BLEU"' "$work/scores.json"
+fi
+
+"$bin" eval --model "$work/model" --adapter "$work/run/adapter" --data "$work/data/valid.txt" --limit 8 | tail -n 1 \
+  | grep -Eq '^mean_loss [0-9]+\.[0-9]{9,}$'
+
+"$bin" export --model "$work/model" --adapter "$work/run/adapter" --out "$work/merged"
+for f in config.json model.safetensors vocab.json; do test -f "$work/merged/$f"; done
+
+# Bad inputs: non-zero exit and a single error line.
+expect_fail() {
+  if "$@" > "$work/out.txt" 2> "$work/err.txt"; then echo "expected failure: $*"; exit 1; fi
+  [ "$(wc -l < "$work/err.txt")" -eq 1 ] || { echo "expected one error line from: $*"; cat "$work/err.txt"; exit 1; }
+  grep -q '^gpt2-e2e: error: ' "$work/err.txt"
+}
+expect_fail "$bin" eval --model "$work/nonexistent" --data "$work/data/valid.txt"
+printf 'no separator here\n' > "$work/bad.txt"
+expect_fail "$bin" eval --model "$work/model" --data "$work/bad.txt"
+mkdir "$work/notok" && cp "$work/model/config.json" "$work/model/model.safetensors" "$work/notok/"
+expect_fail "$bin" eval --model "$work/notok" --data "$work/data/valid.txt"
+"$bin" init --out "$work/other" --layers 1 --embd 64 --heads 2 --vocab "$vocab" > /dev/null
+expect_fail "$bin" eval --model "$work/other" --adapter "$work/run/adapter" --data "$work/data/valid.txt"
+echo "cli smoke test passed"
