@@ -8,7 +8,7 @@ packages=(
   libtorch-dev          # LibTorch 1.13 (CPU), CMake package "Torch"
   libopenblas0-pthread  # without it torch falls back to reference BLAS: matmuls ~50x slower
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev
+  nlohmann-json3-dev libcli11-dev
   libpcre2-dev          # GPT-2's Unicode pre-tokenizer regex
   libssl-dev pkg-config # SHA-256 in the tokenizer parity test; finding PCRE2
 )

@@ -4,6 +4,7 @@
 #include "data.hpp"
 #include "generate.hpp"
 #include "model.hpp"
+#include "scorer.hpp"
 #include "tokenizer.hpp"
 
 #include <algorithm>
@@ -236,6 +237,13 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--adapter", adapter)->required();
   export_cmd->add_option("--out", out)->required();
 
+  std::string hyp_file, ref_file;
+  bool as_json = false;
+  auto* score_cmd = app.add_subcommand("score", "BLEU, NIST, ROUGE-L and CIDEr as the official E2E scorer computes them");
+  score_cmd->add_option("--hyp", hyp_file, "one hypothesis per line")->required();
+  score_cmd->add_option("--refs", ref_file, "references, one per line, MRs separated by a blank line")->required();
+  score_cmd->add_flag("--json", as_json, "print the scores as JSON");
+
   int64_t layers = 2, embd = 64, heads = 2, positions = 1024, seed = 0;
   std::string vocab;
   auto* init_cmd = app.add_subcommand("init", "write a small randomly initialised GPT-2 in HF layout");
@@ -251,6 +259,18 @@ int main(int argc, char** argv) {
   try {
     if (*train_cmd) return train(t);
     if (*gen_cmd) return generate(model, adapter, data, out, limit, beams, max_new, device);
+    if (*score_cmd) {
+      const auto s = e2e::score(e2e::read_hypotheses(hyp_file), e2e::read_references(ref_file));
+      std::cout << std::setprecision(4) << std::fixed;
+      if (as_json)
+        std::cout << "{\"BLEU\": " << s.bleu << ", \"NIST\": " << s.nist << ", \"METEOR\": null, \"ROUGE_L\": " << s.rouge_l
+                  << ", \"CIDEr\": " << s.cider << "}\n";
+      else
+        std::cout << "BLEU: " << s.bleu << "\nNIST: " << s.nist
+                  << "\nMETEOR: not computed (needs the METEOR 1.5 jar and its paraphrase tables)\nROUGE_L: " << s.rouge_l
+                  << "\nCIDEr: " << s.cider << "\n";
+      return 0;
+    }
     if (*eval_cmd) {
       auto tok = tokenizer_of(model);
       auto examples = encode_all(tok, e2e::read_pairs(data), 512, static_cast<size_t>(limit));

@@ -28,10 +28,8 @@ for f in adapter/adapter_model.safetensors adapter/adapter_config.json epoch_1/a
 [ "$(wc -l < "$work/gen/hypothesis.txt")" -eq 3 ]
 [ "$(grep -c '^$' "$work/gen/references.txt")" -eq 3 ]  # one blank line after each MR's references
 
-if [ -n "${E2E_HAS_SCORE:-}" ]; then
-  "$bin" score --hyp "$work/gen/hypothesis.txt" --refs "$work/gen/references.txt" --json > "$work/scores.json"
-  grep -q '"BLEU"' "$work/scores.json"
-fi
+"$bin" score --hyp "$work/gen/hypothesis.txt" --refs "$work/gen/references.txt" --json > "$work/scores.json"
+grep -Eq '^\{"BLEU": [0-9.]+, "NIST": [0-9.]+, "METEOR": null, "ROUGE_L": [0-9.]+, "CIDEr": [0-9.]+\}$' "$work/scores.json"
 
 "$bin" eval --model "$work/model" --adapter "$work/run/adapter" --data "$work/data/valid.txt" --limit 8 | tail -n 1 \
   | grep -Eq '^mean_loss [0-9]+\.[0-9]{9,}$'
