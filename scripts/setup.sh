@@ -11,6 +11,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   libpcre2-dev          # GPT-2's Unicode pre-tokenizer regex
   libssl-dev pkg-config # SHA-256 in the tokenizer parity test; finding PCRE2
+  curl ca-certificates  # scripts/get-data.sh, only where the data is not at hand
 )
 [ "${1:-}" = "--fuzz" ] && packages+=(clang-14 libclang-rt-14-dev)
 missing=()

@@ -138,4 +138,20 @@ std::pair<torch::Tensor, torch::Tensor> masked_loss(const torch::Tensor& logits,
   return {(loss * mask).sum(1), mask.sum(1)};
 }
 
+std::pair<torch::Tensor, torch::Tensor> masked_loss_from_hidden(const torch::Tensor& hidden,
+                                                                const std::function<torch::Tensor(const torch::Tensor&)>& head,
+                                                                const Batch& batch, double ls) {
+  const auto device = hidden.device();
+  const auto mask = batch.mask.to(device);
+  const auto flat = mask.reshape({-1}).nonzero().squeeze(1);  // positions with a loss
+  const int64_t L = mask.size(1);
+  auto h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, flat);
+  auto logprobs = head(h).to(torch::kFloat).log_softmax(-1);  // [M, V]
+  auto target = batch.target.to(device).reshape({-1}).index_select(0, flat);
+  auto nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1);
+  auto loss = ls > 1e-4 ? (1.0 - ls) * nll + ls * (-logprobs.mean(-1)) : nll;
+  auto sums = torch::zeros({mask.size(0)}, loss.options()).index_add(0, flat.div(L, "floor"), loss);
+  return {sums, mask.sum(1)};
+}
+
 }  // namespace e2e

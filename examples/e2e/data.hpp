@@ -2,6 +2,7 @@
 // The E2E NLG data as the paper's code reads it, and the batches it trains on.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -55,5 +56,12 @@ Batch make_batch(const std::vector<Example>& examples, const std::vector<size_t>
 /// masked; returns the per-example sums [B] and the mask counts [B]. The batch loss is
 /// sums.sum() / (counts.sum() + 1e-4), as the reference computes it.
 std::pair<torch::Tensor, torch::Tensor> masked_loss(const torch::Tensor& logits, const Batch& batch, double label_smoothing);
+
+/// The same sums from hidden states [B, L, C] and a head (hidden -> logits), applying the head to
+/// the masked positions only: the context half of each example never reaches the vocabulary
+/// projection, which is most of a small model's cost.
+std::pair<torch::Tensor, torch::Tensor> masked_loss_from_hidden(const torch::Tensor& hidden,
+                                                                const std::function<torch::Tensor(const torch::Tensor&)>& head,
+                                                                const Batch& batch, double label_smoothing);
 
 }  // namespace e2e

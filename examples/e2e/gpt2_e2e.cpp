@@ -16,6 +16,9 @@
 #include <numeric>
 #include <random>
 
+#include <malloc.h>
+#include <sys/resource.h>
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -57,7 +60,8 @@ double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<e2e::Exampl
     std::vector<size_t> idx;
     for (size_t i = at; i < std::min(examples.size(), at + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
     auto batch = e2e::make_batch(examples, idx);
-    auto [sums, counts] = e2e::masked_loss(model.forward(batch.input.to(device)), batch, 0.0);
+    auto [sums, counts] = e2e::masked_loss_from_hidden(
+        model.hidden_states(batch.input.to(device)), [&](const torch::Tensor& h) { return model.lm_head(h); }, batch, 0.0);
     total += sums.sum().to(torch::kDouble).item<double>();
     count += counts.sum().item<double>();
   }
@@ -78,7 +82,14 @@ struct TrainArgs {
   bool qv_only = true;
 };
 
-int train(const TrainArgs& a) {
+struct TrainResult {
+  int64_t trainable = 0, total = 0, steps = 0, tokens = 0;
+  double seconds = 0;
+  std::vector<double> losses, valid;
+};
+
+TrainResult train(const TrainArgs& a) {
+  TrainResult result;
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
   torch::manual_seed(static_cast<uint64_t>(a.seed));
   const auto device = device_of(a.device);
@@ -90,13 +101,16 @@ int train(const TrainArgs& a) {
   if (a.method == "lora") {
     auto cfg = lora::LoRAConfig().r(a.rank).alpha(a.alpha).dropout(a.lora_dropout).target_modules({a.targets});
     if (a.qv_only && a.targets == "c_attn") cfg.enable_lora({{"c_attn", {true, false, true}}});
-    std::cout << lora::inject_lora(*model, cfg) << "\n";
+    const auto report = lora::inject_lora(*model, cfg);
+    std::cout << report << "\n";
     params = lora::lora_parameters(*model);
   } else if (a.method == "full") {
     params = model->parameters();
   } else {
     throw Fail("--method must be lora or full");
   }
+  for (const auto& p : model->parameters()) result.total += p.numel();
+  for (const auto& p : params) result.trainable += p.numel();
   model->to(device);
   torch::optim::AdamW opt(params, torch::optim::AdamWOptions(a.lr).weight_decay(a.weight_decay).betas({0.9, 0.999}).eps(1e-6));
   const int64_t per_epoch = (static_cast<int64_t>(train_set.size()) + a.batch_size - 1) / a.batch_size;
@@ -125,7 +139,9 @@ int train(const TrainArgs& a) {
       std::vector<size_t> idx(order.begin() + static_cast<long>(begin),
                               order.begin() + static_cast<long>(std::min(order.size(), begin + static_cast<size_t>(a.batch_size))));
       auto batch = e2e::make_batch(train_set, idx, a.pad_to);
-      auto [sums, counts] = e2e::masked_loss(model->forward(batch.input.to(device)), batch, a.label_smoothing);
+      auto [sums, counts] = e2e::masked_loss_from_hidden(
+          model->hidden_states(batch.input.to(device)), [&](const torch::Tensor& h) { return model->lm_head(h); }, batch,
+          a.label_smoothing);
       auto loss = sums.sum() / (counts.sum() + 1e-4);
       (loss / static_cast<double>(a.grad_accum)).backward();
       tokens += static_cast<int64_t>(batch.mask.sum().item<float>());
@@ -137,6 +153,7 @@ int train(const TrainArgs& a) {
       }
       ++step;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      result.losses.push_back(loss.item<double>());
       log << step << "," << epoch << "," << loss.item<double>() << "," << lr_at(step - 1) << "," << tokens << "," << secs << "\n";
       if (step % a.log_every == 0 || step == total)
         std::cerr << "\rstep " << step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss.item<double>()
@@ -145,16 +162,29 @@ int train(const TrainArgs& a) {
                   << (total - step) * secs / double(step) << " s   " << std::flush;
     }
     std::cerr << "\n";
-    std::cout << "epoch " << epoch << " valid_loss " << std::setprecision(6) << mean_loss(*model, valid_set, a.batch_size, device) << "\n";
+    result.valid.push_back(mean_loss(*model, valid_set, a.batch_size, device));
+    std::cout << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
     save(a.out + "/epoch_" + std::to_string(epoch));
   }
   save(a.out + "/adapter");
   std::cout << "saved " << a.out << "/adapter\n";
-  return 0;
+  result.steps = step;
+  result.tokens = tokens;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
 }
 
-int generate(const std::string& model_dir, const std::string& adapter, const std::string& data, const std::string& out,
-             int64_t limit, int64_t beams, int64_t max_new, const std::string& device_name) {
+struct GenResult {
+  std::vector<std::string> hyps;
+  std::vector<std::vector<std::string>> refs;
+  double seconds = 0;
+  int64_t tokens = 0;
+};
+
+GenResult generate(const std::string& model_dir, const std::string& adapter, const std::string& data, const std::string& out,
+                   int64_t limit, int64_t beams, int64_t max_new, const std::string& device_name) {
+  GenResult result;
+  const auto start = std::chrono::steady_clock::now();
   const auto device = device_of(device_name);
   auto tok = tokenizer_of(model_dir);
   auto groups = e2e::group_by_mr(e2e::read_pairs(data));
@@ -168,21 +198,167 @@ int generate(const std::string& model_dir, const std::string& adapter, const std
   for (size_t i = 0; i < groups.size(); ++i) {
     auto prompt = tok.encode(groups[i].mr);
     prompt.push_back(50256);
-    std::string text = gpt2::clean_text(tok.decode(gpt2::generate(*model, {prompt}, options)[0]));
+    const auto ids = gpt2::generate(*model, {prompt}, options)[0];
+    result.tokens += static_cast<int64_t>(ids.size());
+    std::string text = gpt2::clean_text(tok.decode(ids));
     std::replace(text.begin(), text.end(), '\n', ' ');
     hyp << text << "\n";
+    result.hyps.push_back(text);
+    result.refs.push_back(groups[i].refs);
     for (const auto& r : groups[i].refs) refs << r << "\n";
     refs << "\n";
     std::cerr << "\rgenerated " << i + 1 << "/" << groups.size() << std::flush;
   }
   std::cerr << "\n";
   std::cout << "wrote " << out << "/hypothesis.txt and " << out << "/references.txt (" << groups.size() << " MRs)\n";
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+
+/// The first folder that holds `file`: the flag, then $env, then ../shared/data/<sub> beside the
+/// source checkout or the working directory, then data/<sub> (where scripts/get-data.sh puts it).
+std::string find_data(const std::string& flag, const char* env, const std::string& sub, const std::string& file) {
+  std::vector<std::string> candidates;
+  if (!flag.empty()) {
+    if (!fs::exists(flag + "/" + file)) throw Fail("'" + flag + "/" + file + "' not found");
+    return flag;
+  }
+  if (const char* v = std::getenv(env)) candidates.push_back(v);
+  candidates.push_back(std::string(LORA_SOURCE_DIR) + "/../shared/data/" + sub);
+  candidates.push_back("../shared/data/" + sub);
+  candidates.push_back(std::string(LORA_SOURCE_DIR) + "/data/" + sub);
+  candidates.push_back("data/" + sub);
+  for (const auto& c : candidates)
+    if (fs::exists(c + "/" + file)) return c;
+  throw Fail(std::string("no ") + file + " found (looked in $" + env + ", ../shared/data/" + sub + ", data/" + sub +
+             "): run scripts/get-data.sh to download it, or pass its folder");
+}
+
+long peak_rss_mb() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024;
+}
+
+/// The training loss as an SVG polyline (raw per-step loss and a 20-step moving average).
+void write_loss_svg(const std::string& path, const std::vector<double>& losses) {
+  const double W = 720, H = 360, L = 60, R = 20, T = 30, B = 40;
+  double lo = 1e30, hi = -1e30;
+  for (double v : losses) lo = std::min(lo, v), hi = std::max(hi, v);
+  if (losses.empty() || hi <= lo) hi = lo + 1;
+  auto x = [&](size_t i) { return L + (W - L - R) * (losses.size() > 1 ? double(i) / double(losses.size() - 1) : 0.0); };
+  auto y = [&](double v) { return T + (H - T - B) * (hi - v) / (hi - lo); };
+  std::ofstream svg(path);
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\">training loss (label-smoothed) per step</text>\n"
+      << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
+      << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
+      << "<text x=\"" << L - 6 << "\" y=\"" << T + 4 << "\" text-anchor=\"end\">" << std::setprecision(3) << hi << "</text>\n"
+      << "<text x=\"" << L - 6 << "\" y=\"" << H - B << "\" text-anchor=\"end\">" << lo << "</text>\n"
+      << "<text x=\"" << W - R << "\" y=\"" << H - B + 16 << "\" text-anchor=\"end\">step " << losses.size() << "</text>\n";
+  auto poly = [&](const std::vector<double>& v, const char* color, double width) {
+    svg << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width << "\" points=\"";
+    for (size_t i = 0; i < v.size(); ++i) svg << std::fixed << std::setprecision(1) << x(i) << "," << y(v[i]) << " ";
+    svg << "\"/>\n";
+  };
+  poly(losses, "#9ecae1", 1);
+  std::vector<double> avg;
+  double sum = 0;
+  for (size_t i = 0; i < losses.size(); ++i) {
+    sum += losses[i] - (i >= 20 ? losses[i - 20] : 0.0);
+    avg.push_back(sum / double(std::min<size_t>(i + 1, 20)));
+  }
+  poly(avg, "#08519c", 2);
+  svg << "</svg>\n";
+}
+
+struct RunArgs {
+  std::string model, data, vocab, out = "runs/e2e", device = "cpu";
+  int64_t max_steps = -1, gen_limit = -1, valid_limit = -1, beams = 10, threads = 0, epochs = 5, batch_size = 8, seed = 110;
+};
+
+int run(const RunArgs& r) {
+  const bool smoke = r.model.empty();
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string data = find_data(r.data, "LORA_E2E_DIR", "e2e", "train.txt");
+  fs::create_directories(r.out);
+  std::string model = r.model;
+  if (smoke) {
+    std::cout << "SMOKE MODE: no --model given, so a small randomly initialised GPT-2 is trained for a short budget and "
+                 "scored on a few test MRs. The numbers mean nothing; pass --model with a real GPT-2 folder for the "
+                 "paper's recipe.\n";
+    const std::string vocab = find_data(r.vocab, "LORA_GPT2_DIR", "gpt2", "vocab.json");
+    model = r.out + "/random-gpt2";
+    torch::manual_seed(static_cast<uint64_t>(r.seed));
+    gpt2::Config c;
+    c.n_layer = 2;
+    c.n_embd = 128;
+    c.n_head = 2;
+    gpt2::GPT2LMHeadModelImpl(c).save_pretrained(model);
+    copy_tokenizer(vocab, model);
+  }
+  TrainArgs t;
+  t.model = model;
+  t.data = data;
+  t.out = r.out + "/train";
+  t.device = r.device;
+  t.threads = r.threads;
+  t.epochs = r.epochs;
+  t.batch_size = r.batch_size;
+  t.seed = r.seed;
+  t.max_steps = r.max_steps >= 0 ? r.max_steps : (smoke ? 1000 : 0);
+  t.valid_limit = r.valid_limit >= 0 ? r.valid_limit : (smoke ? 200 : 0);
+  if (smoke) t.warmup = 30;
+  const auto tr = train(t);
+  const int64_t limit = r.gen_limit >= 0 ? r.gen_limit : (smoke ? 30 : 0);
+  const auto gen = generate(model, t.out + "/adapter", data + "/test.txt", r.out + "/generate", limit, r.beams, 64, r.device);
+  const auto scores = e2e::score(gen.hyps, gen.refs);
+  write_loss_svg(r.out + "/loss.svg", tr.losses);
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::ofstream md(r.out + "/report.md");
+  md << std::fixed;
+  md << "# GPT-2 + LoRA on E2E NLG\n\n";
+  if (smoke)
+    md << "**Smoke mode**: a small randomly initialised GPT-2 (2 layers, 128 wide), " << tr.steps
+       << " training steps, " << gen.hyps.size() << " test MRs. The numbers mean nothing; they show the pipeline runs.\n\n";
+  md << "## Configuration\n\n| | |\n|---|---|\n"
+     << "| model | `" << model << "` |\n| data | `" << data << "` |\n"
+     << "| LoRA | r = 4, alpha = 32, dropout 0.1, q and v of `c_attn` |\n"
+     << "| optimiser | AdamW lr 2e-4, weight decay 0.01, betas 0.9/0.999, eps 1e-6, linear schedule, warm-up " << t.warmup << " |\n"
+     << "| batch / label smoothing / seed | " << t.batch_size << " / 0.1 / " << t.seed << " |\n"
+     << "| decoding | beam " << r.beams << ", length penalty 0.8, no-repeat 4-grams, 64 new tokens, EOS 50256 and 628 |\n\n";
+  md << "## Cost\n\n| | |\n|---|---|\n"
+     << "| trainable parameters | " << lora::detail::with_commas(tr.trainable) << " of " << lora::detail::with_commas(tr.total)
+     << " (" << std::setprecision(4) << 100.0 * double(tr.trainable) / double(tr.total) << "%) |\n"
+     << std::setprecision(1) << "| training | " << tr.steps << " steps, " << tr.seconds << " s, "
+     << double(tr.tokens) / std::max(tr.seconds, 1e-9) << " completion tokens/s |\n"
+     << "| generation | " << gen.hyps.size() << " MRs, " << gen.seconds << " s |\n"
+     << "| peak memory (RSS) | " << peak_rss_mb() << " MB |\n| total time | " << total << " s |\n\n";
+  if (!tr.valid.empty()) md << "Validation loss after the last epoch: " << std::setprecision(4) << tr.valid.back() << "\n\n";
+  md << "## Metrics\n\nScored with this project's C++ port of the official E2E scorer (METEOR is not computed: it needs "
+        "a Java jar with paraphrase tables).\n\n"
+     << "| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |\n|---|---|---|---|---|---|\n"
+     << std::setprecision(2) << "| this run" << (smoke ? " (smoke)" : "") << " | " << 100 * scores.bleu << " | " << scores.nist
+     << " | n/a | " << 100 * scores.rouge_l << " | " << scores.cider << " |\n"
+     << "| paper, GPT-2 M + LoRA (Table 3) | 70.4 | 8.85 | 46.8 | 71.8 | 2.53 |\n"
+     << "| paper, GPT-2 L + LoRA (Table 3) | 70.4 | 8.89 | 46.8 | 72.0 | 2.47 |\n\n"
+     << "![training loss](loss.svg)\n";
+  std::cout << std::setprecision(4) << "BLEU " << scores.bleu << "  NIST " << scores.nist << "  ROUGE_L " << scores.rouge_l
+            << "  CIDEr " << scores.cider << "\nwrote " << r.out << "/report.md and " << r.out << "/loss.svg (" << std::setprecision(0)
+            << total << " s)\n";
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Training allocates and frees logits of ~100 MB every step; without this glibc returns them to
+  // the kernel each time and the page faults cost more than the arithmetic.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"gpt2-e2e: LoRA fine-tuning of GPT-2 on E2E NLG, the paper's recipe"};
   app.require_subcommand(1);
 
@@ -255,10 +431,27 @@ int main(int argc, char** argv) {
   init_cmd->add_option("--seed", seed)->capture_default_str();
   init_cmd->add_option("--vocab", vocab, "folder with GPT-2's vocab.json and merges.txt, copied into --out");
 
+  RunArgs ra;
+  auto* run_cmd = app.add_subcommand("run", "train -> generate -> score -> report.md (smoke mode without --model)");
+  run_cmd->add_option("--model", ra.model, "real GPT-2 folder; without it: smoke mode on a small random GPT-2");
+  run_cmd->add_option("--data", ra.data, "E2E folder (default: $LORA_E2E_DIR, ../shared/data/e2e, data/e2e)");
+  run_cmd->add_option("--vocab", ra.vocab, "GPT-2 tokenizer folder for smoke mode (default: $LORA_GPT2_DIR, ../shared/data/gpt2, data/gpt2)");
+  run_cmd->add_option("--out", ra.out)->capture_default_str();
+  run_cmd->add_option("--max-steps", ra.max_steps, "training steps (default: 1000 in smoke mode, all 5 epochs otherwise)");
+  run_cmd->add_option("--gen-limit", ra.gen_limit, "test MRs to generate for (default: 30 in smoke mode, all 630 otherwise)");
+  run_cmd->add_option("--valid-limit", ra.valid_limit, "validation examples (default: 200 in smoke mode, all otherwise)");
+  run_cmd->add_option("--beam", ra.beams)->capture_default_str();
+  run_cmd->add_option("--epochs", ra.epochs)->capture_default_str();
+  run_cmd->add_option("--batch-size", ra.batch_size)->capture_default_str();
+  run_cmd->add_option("--seed", ra.seed)->capture_default_str();
+  run_cmd->add_option("--threads", ra.threads)->capture_default_str();
+  run_cmd->add_option("--device", ra.device)->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*train_cmd) return train(t);
-    if (*gen_cmd) return generate(model, adapter, data, out, limit, beams, max_new, device);
+    if (*run_cmd) return run(ra);
+    if (*train_cmd) return train(t), 0;
+    if (*gen_cmd) return generate(model, adapter, data, out, limit, beams, max_new, device), 0;
     if (*score_cmd) {
       const auto s = e2e::score(e2e::read_hypotheses(hyp_file), e2e::read_references(ref_file));
       std::cout << std::setprecision(4) << std::fixed;

@@ -173,6 +173,15 @@ GPT2LMHeadModelImpl::GPT2LMHeadModelImpl(const Config& c) : config(c) {
 }
 
 torch::Tensor GPT2LMHeadModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, KVCache* cache) {
+  return lm_head(hidden_states(input_ids, attention_mask, cache));
+}
+
+torch::Tensor GPT2LMHeadModelImpl::lm_head(const torch::Tensor& hidden) {
+  return torch::nn::functional::linear(hidden, transformer->wte->weight.to(hidden.scalar_type()));  // tied to wte
+}
+
+torch::Tensor GPT2LMHeadModelImpl::hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                                 KVCache* cache) {
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t past = cache ? cache->length() : 0, total = past + T;
   if (total > config.n_positions)
@@ -199,8 +208,7 @@ torch::Tensor GPT2LMHeadModelImpl::forward(const torch::Tensor& input_ids, const
   if (is_training() && config.embd_pdrop > 0) x = torch::dropout(x, config.embd_pdrop, true);
   for (int64_t i = 0; i < config.n_layer; ++i)
     x = transformer->h[i]->as<BlockImpl>()->forward(x, allowed, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
-  x = transformer->ln_f(x);
-  return torch::nn::functional::linear(x, transformer->wte->weight.to(x.scalar_type()));  // tied lm_head
+  return transformer->ln_f(x);
 }
 
 std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const std::string& dir, torch::Dtype dtype) {

@@ -83,6 +83,11 @@ struct GPT2LMHeadModelImpl : torch::nn::Module {
   /// cumsum(mask) - 1, so a padded sequence gets the logits it has alone. With `cache`,
   /// the keys/values of this call are appended to it (incremental decoding).
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
+  /// The final hidden states [B, T, n_embd] (after ln_f): `forward` is `lm_head(hidden_states(...))`.
+  torch::Tensor hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
+  /// The tied LM head: logits of hidden states [..., n_embd] -> [..., vocab]. Training can apply it to
+  /// the positions that carry a loss only.
+  torch::Tensor lm_head(const torch::Tensor& hidden);
 
   /// The model of an HF folder: config.json + model.safetensors. Conv1D weights ([in, out]) are
   /// transposed once; keys with or without "transformer.", with or without the attn.bias /

@@ -155,4 +155,9 @@ TEST(E2EData, PerBatchPaddingGivesTheLossesOfPaddingTo512) {
   auto [b, nb] = e2e::masked_loss(model.forward(padded.input), padded, 0.1);
   EXPECT_TRUE(torch::equal(na, nb));
   EXPECT_LT(((a - b).abs() / b.abs()).max().item<double>(), 1e-5);
+  // The head applied to the masked positions only gives the same sums.
+  auto [fast, nc] = e2e::masked_loss_from_hidden(model.hidden_states(tight.input),
+                                              [&](const torch::Tensor& h) { return model.lm_head(h); }, tight, 0.1);
+  EXPECT_TRUE(torch::equal(nc, na));
+  EXPECT_LT(((fast - a).abs() / a.abs()).max().item<double>(), 1e-5);
 }
