@@ -130,16 +130,7 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
     }
   }
 
-  // Every module a user can name: LoRA layers' own internals (lora_A.default, ...) are not.
-  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> modules;
-  {
-    std::string inside;
-    for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-      if (!inside.empty() && item.key().compare(0, inside.size(), inside) == 0) continue;
-      if (dynamic_cast<LoRALayer*>(item.value().get())) inside = item.key() + ".";
-      modules.emplace_back(item.key(), item.value());
-    }
-  }
+  const auto modules = detail::visible_modules(model);
   std::vector<std::string> capable, all_names;
   for (const auto& m : modules) {
     all_names.push_back(m.first);

@@ -274,24 +274,29 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
   torch::nn::ModuleDict A_{nullptr}, B_{nullptr};
 };
 
+/// Every module under `root` (root excluded) a user can name, in pre-order: a LoRA layer's own
+/// internals (lora_A.default, ...) are left out. Works on a root not held by a shared_ptr.
+inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> visible_modules(torch::nn::Module& root) {
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
+  std::string inside;  // prefix of the LoRA layer whose internals are being skipped
+  for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    if (!inside.empty() && item.key().compare(0, inside.size(), inside) == 0) continue;
+    if (dynamic_cast<LoRALayer*>(item.value().get())) inside = item.key() + ".";
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
 /// Applies `fn(name, layer)` to every LoRA layer under `root` (root itself included,
-/// with name ""), never descending into a LoRA layer's own internals. Works on a
-/// root that is not held by a shared_ptr.
+/// with name ""), never descending into a LoRA layer's own internals.
 template <class Fn>
 inline void for_each_lora_layer(torch::nn::Module& root, Fn&& fn) {
   if (auto* layer = dynamic_cast<LoRALayer*>(&root)) {
     fn(std::string(), *layer);
     return;
   }
-  std::string inside;  // prefix of the LoRA layer whose internals are being skipped
-  for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
-    const std::string& name = item.key();
-    if (!inside.empty() && name.compare(0, inside.size(), inside) == 0) continue;
-    if (auto* layer = dynamic_cast<LoRALayer*>(item.value().get())) {
-      fn(name, *layer);
-      inside = name + ".";
-    }
-  }
+  for (const auto& [name, module] : visible_modules(root))
+    if (auto* layer = dynamic_cast<LoRALayer*>(module.get())) fn(name, *layer);
 }
 
 }  // namespace detail
