@@ -6,6 +6,9 @@
 
 #include <string>
 
+#include <ftw.h>
+#include <cstdio>
+
 namespace lora_test {
 
 /// Every test starts from torch::manual_seed(0), as PyTorch's own C++ API tests do.
@@ -39,6 +42,14 @@ std::string error_of(Fn&& fn) {
     return e.what();
   }
   return "";
+}
+
+/// Removes a folder and everything in it. Not std::filesystem::remove_all: the pip wheels of
+/// LibTorch 2.x export a statically linked copy of libstdc++'s filesystem code whose
+/// remove_all crashes (null call) in any program that links them (pytorch/pytorch#133437).
+inline void remove_tree(const std::string& path) {
+  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
+         FTW_DEPTH | FTW_PHYS);
 }
 
 /// A two-block model shaped like a transformer, with LoRA-capable projections:

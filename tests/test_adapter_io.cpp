@@ -51,7 +51,7 @@ TORCH_MODULE(Gpt);
 
 fs::path temp_dir(const std::string& name) {
   auto dir = fs::temp_directory_path() / ("lora_adapter_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  lora_test::remove_tree(dir.string());
   fs::create_directories(dir);
   return dir;
 }

@@ -32,7 +32,7 @@ std::string floats(std::initializer_list<float> v) {
 
 fs::path temp_dir(const std::string& name) {
   auto dir = fs::temp_directory_path() / ("lora_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  lora_test::remove_tree(dir.string());
   fs::create_directories(dir);
   return dir;
 }

@@ -6,9 +6,11 @@
 #include "model.hpp"
 #include "scorer.hpp"
 #include "tokenizer.hpp"
+#include "trainer.hpp"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -75,11 +77,9 @@ std::vector<e2e::Example> encode_all(const gpt2::Tokenizer& tok, const std::vect
 }
 
 struct TrainArgs {
-  std::string model, data, out, method = "lora", device = "cpu", targets = "c_attn";
-  int64_t epochs = 5, max_steps = 0, batch_size = 8, rank = 4, warmup = 500, max_len = 512, seed = 110, grad_accum = 1;
-  int64_t pad_to = 0, log_every = 10, valid_limit = 0, threads = 0;
-  double lr = 2e-4, weight_decay = 0.01, alpha = 32, lora_dropout = 0.1, label_smoothing = 0.1, clip = 0;
-  bool qv_only = true;
+  std::string model, data, out, resume;
+  int64_t max_len = 512, log_every = 10, valid_limit = 0, threads = 0, save_every = 0;
+  e2e::TrainOptions o;
 };
 
 struct TrainResult {
@@ -91,85 +91,62 @@ struct TrainResult {
 TrainResult train(const TrainArgs& a) {
   TrainResult result;
   if (a.threads > 0) torch::set_num_threads(static_cast<int>(a.threads));
-  torch::manual_seed(static_cast<uint64_t>(a.seed));
-  const auto device = device_of(a.device);
+  torch::manual_seed(static_cast<uint64_t>(a.o.seed));
   auto tok = tokenizer_of(a.model);
   auto train_set = encode_all(tok, e2e::read_pairs(a.data + "/train.txt"), a.max_len);
   auto valid_set = encode_all(tok, e2e::read_pairs(a.data + "/valid.txt"), a.max_len, static_cast<size_t>(a.valid_limit));
-  auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(a.model);
-  std::vector<torch::Tensor> params;
-  if (a.method == "lora") {
-    auto cfg = lora::LoRAConfig().r(a.rank).alpha(a.alpha).dropout(a.lora_dropout).target_modules({a.targets});
-    if (a.qv_only && a.targets == "c_attn") cfg.enable_lora({{"c_attn", {true, false, true}}});
-    const auto report = lora::inject_lora(*model, cfg);
-    std::cout << report << "\n";
-    params = lora::lora_parameters(*model);
-  } else if (a.method == "full") {
-    params = model->parameters();
-  } else {
-    throw Fail("--method must be lora or full");
-  }
-  for (const auto& p : model->parameters()) result.total += p.numel();
-  for (const auto& p : params) result.trainable += p.numel();
-  model->to(device);
-  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(a.lr).weight_decay(a.weight_decay).betas({0.9, 0.999}).eps(1e-6));
-  const int64_t per_epoch = (static_cast<int64_t>(train_set.size()) + a.batch_size - 1) / a.batch_size;
-  const int64_t total = a.max_steps > 0 ? std::min(a.max_steps, per_epoch * a.epochs) : per_epoch * a.epochs;
-  auto lr_at = [&](int64_t step) {  // linear warm-up, then linear decay to 0 (the paper's schedule)
-    if (step < a.warmup) return a.lr * double(step + 1) / double(a.warmup);
-    return a.lr * std::max(0.0, double(total - step) / double(std::max<int64_t>(1, total - a.warmup)));
-  };
+  e2e::Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(a.model), a.o, train_set.size());
+  auto model = trainer.model();
+  result.total = trainer.parameter_count();
+  result.trainable = trainer.trainable_count();
+  std::cout << "trainable params: " << lora::detail::with_commas(result.trainable)
+            << " || all params: " << lora::detail::with_commas(result.total) << "\n";
   fs::create_directories(a.out);
-  std::ofstream log(a.out + "/train_log.csv");
-  log << "step,epoch,loss,lr,tokens,seconds\n";
-  std::mt19937_64 rng(static_cast<uint64_t>(a.seed));
-  const auto start = std::chrono::steady_clock::now();
-  int64_t step = 0, tokens = 0;
+  if (!a.resume.empty()) {
+    trainer.load_state(a.resume);
+    std::cout << "resumed from " << a.resume << " at step " << trainer.position().step << " (epoch "
+              << trainer.position().epoch << ", batch " << trainer.position().batch << ")\n";
+  }
+  // A resumed run appends to the log of the run it continues.
+  const bool append = !a.resume.empty() && fs::exists(a.out + "/train_log.csv");
+  std::ofstream log(a.out + "/train_log.csv", append ? std::ios::app : std::ios::trunc);
+  if (!append) log << "step,epoch,loss,lr,tokens,seconds\n";
   auto save = [&](const std::string& dir) {
-    if (a.method != "lora") return model->save_pretrained(dir);
-    lora::save_adapter(*model, dir, lora::SaveAdapterOptions().base_model_name_or_path(a.model).task_type("CAUSAL_LM").fan_in_fan_out(true));
+    if (a.o.method == "lora")
+      lora::save_adapter(*model, dir,
+                         lora::SaveAdapterOptions().base_model_name_or_path(a.model).task_type("CAUSAL_LM").fan_in_fan_out(true));
+    else
+      model->save_pretrained(dir);
+    trainer.save_state(dir + "/trainer_state.pt");
   };
-  for (int64_t epoch = 1; epoch <= a.epochs && step < total; ++epoch) {
-    std::vector<size_t> order(train_set.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    model->train();
-    for (int64_t b = 0; b < per_epoch && step < total; ++b) {
-      const size_t begin = static_cast<size_t>(b * a.batch_size);
-      std::vector<size_t> idx(order.begin() + static_cast<long>(begin),
-                              order.begin() + static_cast<long>(std::min(order.size(), begin + static_cast<size_t>(a.batch_size))));
-      auto batch = e2e::make_batch(train_set, idx, a.pad_to);
-      auto [sums, counts] = e2e::masked_loss_from_hidden(
-          model->hidden_states(batch.input.to(device)), [&](const torch::Tensor& h) { return model->lm_head(h); }, batch,
-          a.label_smoothing);
-      auto loss = sums.sum() / (counts.sum() + 1e-4);
-      (loss / static_cast<double>(a.grad_accum)).backward();
-      tokens += static_cast<int64_t>(batch.mask.sum().item<float>());
-      if ((b + 1) % a.grad_accum == 0 || b + 1 == per_epoch) {
-        for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(step));
-        if (a.clip > 0) torch::nn::utils::clip_grad_norm_(params, a.clip);
-        opt.step();
-        opt.zero_grad();
-      }
-      ++step;
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      result.losses.push_back(loss.item<double>());
-      log << step << "," << epoch << "," << loss.item<double>() << "," << lr_at(step - 1) << "," << tokens << "," << secs << "\n";
-      if (step % a.log_every == 0 || step == total)
-        std::cerr << "\rstep " << step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss.item<double>()
-                  << " | lr " << std::scientific << std::setprecision(2) << lr_at(step - 1) << std::fixed << " | "
-                  << std::setprecision(0) << tokens / std::max(secs, 1e-9) << " tok/s | ETA "
-                  << (total - step) * secs / double(step) << " s   " << std::flush;
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t first_step = trainer.position().step, first_tokens = trainer.position().tokens;
+  const int64_t total = trainer.total_steps();
+  while (!trainer.done()) {
+    const int64_t epoch = trainer.position().epoch;
+    const double lr = trainer.lr_at(trainer.position().step);
+    const double loss = trainer.step(e2e::make_batch(train_set, trainer.next_indices(), a.o.pad_to));
+    const auto& pos = trainer.position();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double tok_s = double(pos.tokens - first_tokens) / std::max(secs, 1e-9);
+    result.losses.push_back(loss);
+    log << pos.step << "," << epoch << "," << loss << "," << lr << "," << pos.tokens << "," << secs << "\n";
+    if (pos.step % a.log_every == 0 || pos.step == total)
+      std::cerr << "\rstep " << pos.step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss << " | lr "
+                << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << std::setprecision(0) << tok_s
+                << " tok/s | ETA " << double(total - pos.step) * secs / double(pos.step - first_step) << " s   " << std::flush;
+    if (a.save_every > 0 && pos.step % a.save_every == 0 && pos.batch % a.o.grad_accum == 0) save(a.out + "/checkpoint");
+    if (pos.batch == 0 || trainer.done()) {  // an epoch ended (or the step budget did)
+      std::cerr << "\n";
+      result.valid.push_back(mean_loss(*model, valid_set, a.o.batch_size, device_of(a.o.device)));
+      std::cout << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
+      save(a.out + "/epoch_" + std::to_string(epoch));
     }
-    std::cerr << "\n";
-    result.valid.push_back(mean_loss(*model, valid_set, a.batch_size, device));
-    std::cout << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
-    save(a.out + "/epoch_" + std::to_string(epoch));
   }
   save(a.out + "/adapter");
   std::cout << "saved " << a.out << "/adapter\n";
-  result.steps = step;
-  result.tokens = tokens;
+  result.steps = trainer.position().step - first_step;
+  result.tokens = trainer.position().tokens - first_tokens;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
@@ -275,7 +252,7 @@ void write_loss_svg(const std::string& path, const std::vector<double>& losses) 
 }
 
 struct RunArgs {
-  std::string model, data, vocab, out = "runs/e2e", device = "cpu";
+  std::string model, data, vocab, out = "runs/e2e", device = "cpu", dtype = "fp32";
   int64_t max_steps = -1, gen_limit = -1, valid_limit = -1, beams = 10, threads = 0, epochs = 5, batch_size = 8, seed = 110;
 };
 
@@ -303,14 +280,15 @@ int run(const RunArgs& r) {
   t.model = model;
   t.data = data;
   t.out = r.out + "/train";
-  t.device = r.device;
+  t.o.device = r.device;
+  t.o.dtype = r.dtype;
   t.threads = r.threads;
-  t.epochs = r.epochs;
-  t.batch_size = r.batch_size;
-  t.seed = r.seed;
-  t.max_steps = r.max_steps >= 0 ? r.max_steps : (smoke ? 1000 : 0);
+  t.o.epochs = r.epochs;
+  t.o.batch_size = r.batch_size;
+  t.o.seed = r.seed;
+  t.o.max_steps = r.max_steps >= 0 ? r.max_steps : (smoke ? 1000 : 0);
   t.valid_limit = r.valid_limit >= 0 ? r.valid_limit : (smoke ? 200 : 0);
-  if (smoke) t.warmup = 30;
+  if (smoke) t.o.warmup = 30;
   const auto tr = train(t);
   const int64_t limit = r.gen_limit >= 0 ? r.gen_limit : (smoke ? 30 : 0);
   const auto gen = generate(model, t.out + "/adapter", data + "/test.txt", r.out + "/generate", limit, r.beams, 64, r.device);
@@ -327,8 +305,8 @@ int run(const RunArgs& r) {
   md << "## Configuration\n\n| | |\n|---|---|\n"
      << "| model | `" << model << "` |\n| data | `" << data << "` |\n"
      << "| LoRA | r = 4, alpha = 32, dropout 0.1, q and v of `c_attn` |\n"
-     << "| optimiser | AdamW lr 2e-4, weight decay 0.01, betas 0.9/0.999, eps 1e-6, linear schedule, warm-up " << t.warmup << " |\n"
-     << "| batch / label smoothing / seed | " << t.batch_size << " / 0.1 / " << t.seed << " |\n"
+     << "| optimiser | AdamW lr 2e-4, weight decay 0.01, betas 0.9/0.999, eps 1e-6, linear schedule, warm-up " << t.o.warmup << " |\n"
+     << "| batch / label smoothing / seed | " << t.o.batch_size << " / 0.1 / " << t.o.seed << " |\n"
      << "| decoding | beam " << r.beams << ", length penalty 0.8, no-repeat 4-grams, 64 new tokens, EOS 50256 and 628 |\n\n";
   md << "## Cost\n\n| | |\n|---|---|\n"
      << "| trainable parameters | " << lora::detail::with_commas(tr.trainable) << " of " << lora::detail::with_commas(tr.total)
@@ -347,8 +325,8 @@ int run(const RunArgs& r) {
      << "| paper, GPT-2 L + LoRA (Table 3) | 70.4 | 8.89 | 46.8 | 72.0 | 2.47 |\n\n"
      << "![training loss](loss.svg)\n";
   std::cout << std::setprecision(4) << "BLEU " << scores.bleu << "  NIST " << scores.nist << "  ROUGE_L " << scores.rouge_l
-            << "  CIDEr " << scores.cider << "\nwrote " << r.out << "/report.md and " << r.out << "/loss.svg (" << std::setprecision(0)
-            << total << " s)\n";
+            << "  CIDEr " << scores.cider << "\nwrote " << r.out << "/report.md and " << r.out << "/loss.svg ("
+            << std::lround(total) << " s)\n";
   return 0;
 }
 
@@ -367,27 +345,31 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--model", t.model, "HF GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt)")->required();
   train_cmd->add_option("--data", t.data, "folder with train.txt and valid.txt (mr||ref lines)")->required();
   train_cmd->add_option("--out", t.out, "output folder")->required();
-  train_cmd->add_option("--method", t.method, "lora or full")->capture_default_str();
-  train_cmd->add_option("--epochs", t.epochs)->capture_default_str();
-  train_cmd->add_option("--max-steps", t.max_steps, "stop after this many batches (0: all epochs)")->capture_default_str();
-  train_cmd->add_option("--batch-size", t.batch_size)->capture_default_str();
-  train_cmd->add_option("--grad-accum", t.grad_accum)->capture_default_str();
-  train_cmd->add_option("--lr", t.lr)->capture_default_str();
-  train_cmd->add_option("--weight-decay", t.weight_decay)->capture_default_str();
-  train_cmd->add_option("--warmup", t.warmup, "linear warm-up steps")->capture_default_str();
-  train_cmd->add_option("--rank", t.rank)->capture_default_str();
-  train_cmd->add_option("--alpha", t.alpha)->capture_default_str();
-  train_cmd->add_option("--lora-dropout", t.lora_dropout)->capture_default_str();
-  train_cmd->add_option("--targets", t.targets, "module name suffix to adapt")->capture_default_str();
-  train_cmd->add_option("--label-smoothing", t.label_smoothing)->capture_default_str();
-  train_cmd->add_option("--clip", t.clip, "gradient-norm clipping (0: off, as in the paper)")->capture_default_str();
-  train_cmd->add_option("--seed", t.seed)->capture_default_str();
+  train_cmd->add_option("--method", t.o.method, "lora or full")->capture_default_str();
+  train_cmd->add_option("--epochs", t.o.epochs)->capture_default_str();
+  train_cmd->add_option("--max-steps", t.o.max_steps, "stop after this many batches (0: all epochs)")->capture_default_str();
+  train_cmd->add_option("--batch-size", t.o.batch_size)->capture_default_str();
+  train_cmd->add_option("--grad-accum", t.o.grad_accum)->capture_default_str();
+  train_cmd->add_option("--lr", t.o.lr)->capture_default_str();
+  train_cmd->add_option("--weight-decay", t.o.weight_decay)->capture_default_str();
+  train_cmd->add_option("--warmup", t.o.warmup, "linear warm-up steps")->capture_default_str();
+  train_cmd->add_option("--rank", t.o.rank)->capture_default_str();
+  train_cmd->add_option("--alpha", t.o.alpha)->capture_default_str();
+  train_cmd->add_option("--lora-dropout", t.o.lora_dropout)->capture_default_str();
+  train_cmd->add_option("--targets", t.o.targets, "module name suffix to adapt")->capture_default_str();
+  train_cmd->add_option("--label-smoothing", t.o.label_smoothing)->capture_default_str();
+  train_cmd->add_option("--clip", t.o.clip, "gradient-norm clipping (0: off, as in the paper)")->capture_default_str();
+  train_cmd->add_option("--seed", t.o.seed)->capture_default_str();
   train_cmd->add_option("--max-len", t.max_len)->capture_default_str();
-  train_cmd->add_option("--pad-to", t.pad_to, "pad every batch to this length (0: to the batch's longest)")->capture_default_str();
+  train_cmd->add_option("--pad-to", t.o.pad_to, "pad every batch to this length (0: to the batch's longest)")->capture_default_str();
   train_cmd->add_option("--valid-limit", t.valid_limit, "validation examples (0: all)")->capture_default_str();
   train_cmd->add_option("--log-every", t.log_every)->capture_default_str();
   train_cmd->add_option("--threads", t.threads)->capture_default_str();
-  train_cmd->add_option("--device", t.device, "cpu or cuda")->capture_default_str();
+  train_cmd->add_option("--device", t.o.device, "cpu or cuda")->capture_default_str();
+  train_cmd->add_option("--dtype", t.o.dtype, "fp32, or bf16 (bf16 autocast, CUDA only)")->capture_default_str();
+  train_cmd->add_option("--resume", t.resume, "continue from a trainer_state.pt (or a folder holding one: checkpoint, epoch_N)");
+  train_cmd->add_option("--save-every", t.save_every, "also save adapter + trainer state to OUT/checkpoint every N steps (0: off)")
+      ->capture_default_str();
 
   std::string model, adapter, data, out, device = "cpu";
   int64_t limit = 0, beams = 10, max_new = 64;
@@ -446,6 +428,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--seed", ra.seed)->capture_default_str();
   run_cmd->add_option("--threads", ra.threads)->capture_default_str();
   run_cmd->add_option("--device", ra.device)->capture_default_str();
+  run_cmd->add_option("--dtype", ra.dtype, "fp32, or bf16 (bf16 autocast, CUDA only)")->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
   try {

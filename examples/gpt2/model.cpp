@@ -82,6 +82,22 @@ void KVCache::select(const torch::Tensor& index) {
 
 // ---- attention ------------------------------------------------------------------------------
 
+namespace {
+
+/// The most negative finite value of `t` (HF's torch.finfo(dtype).min): a masked score must be
+/// representable in the scores' dtype (bf16 under autocast) and finite (a fully masked padding
+/// row must not turn into NaN).
+double lowest_of(torch::ScalarType t) {
+  switch (t) {
+    case torch::kBFloat16: return static_cast<float>(std::numeric_limits<c10::BFloat16>::lowest());
+    case torch::kHalf: return static_cast<float>(std::numeric_limits<c10::Half>::lowest());
+    case torch::kDouble: return std::numeric_limits<double>::lowest();
+    default: return std::numeric_limits<float>::lowest();
+  }
+}
+
+}  // namespace
+
 AttentionImpl::AttentionImpl(const Config& c) : n_head(c.n_head), attn_pdrop(c.attn_pdrop), resid_pdrop(c.resid_pdrop) {
   c_attn = register_module("c_attn", lora::LoRALinear(c.n_embd, 3 * c.n_embd));
   c_proj = register_module("c_proj", lora::LoRALinear(c.n_embd, c.n_embd));
@@ -102,7 +118,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     *v_cache = v;
   }
   auto att = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
-  att = att.masked_fill(allowed.logical_not(), std::numeric_limits<float>::lowest()).softmax(-1);
+  att = att.masked_fill(allowed.logical_not(), lowest_of(att.scalar_type())).softmax(-1);
   if (is_training() && attn_pdrop > 0) att = torch::dropout(att, attn_pdrop, true);
   auto y = torch::matmul(att, v).transpose(1, 2).contiguous().view({B, T, C});
   y = c_proj(y);

@@ -7,15 +7,14 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include "../../test_util.hpp"
+
 #include <map>
 #include <sstream>
 
 namespace {
 
-std::string data_dir() {
-  if (const char* v = std::getenv("LORA_E2E_DIR")) return v;
-  return std::string(LORA_SOURCE_DIR) + "/../shared/data/e2e";
-}
+std::string data_dir() { return example_test::data_dir("LORA_E2E_DIR", "e2e"); }
 
 using Strings = std::vector<std::string>;
 

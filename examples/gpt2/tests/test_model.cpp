@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "generate.hpp"
+#include "../../test_util.hpp"
 #include "model.hpp"
 
 #include <filesystem>
@@ -11,6 +12,8 @@
 namespace fs = std::filesystem;
 
 namespace {
+
+using example_test::error_of;
 
 constexpr int64_t kVocab = 50, kPos = 32, kEmbd = 16, kLayer = 2, kHead = 4;
 
@@ -90,14 +93,6 @@ double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
   return (A - B).abs().max().item<double>() / B.abs().max().item<double>();
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -191,6 +186,41 @@ TEST_F(Gpt2Test, GreedyEqualsArgmaxOfFullForwardsAndBeamOfOne) {
   auto beams = gpt2::generate(*model, prompts, o);
   EXPECT_EQ(beams.size(), 2u);
   EXPECT_EQ(beams[0].size(), 6u);
+}
+
+// Masked scores must be representable in the model's dtype (bf16 under CUDA autocast): the
+// most negative float overflows bf16.
+TEST_F(Gpt2Test, Bf16ForwardWithPaddingTracksFloat32) {
+  auto ids = torch::randint(0, kVocab, {2, 6});
+  auto mask = torch::ones({2, 6}, torch::kLong);
+  mask[0].narrow(0, 0, 2).zero_();  // left padding: fully masked rows for the pad positions
+  auto ref = model->forward(ids, mask);
+  model->to(torch::kBFloat16);
+  auto out = model->forward(ids, mask);
+  EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+  EXPECT_FALSE(out.isnan().any().item<bool>());
+  EXPECT_LT(rel_err(out[0].narrow(0, 2, 4), ref[0].narrow(0, 2, 4)), 5e-2);
+  EXPECT_LT(rel_err(out[1], ref[1]), 5e-2);
+}
+
+TEST_F(Gpt2Test, CudaForwardCacheAndBeamSearchMatchTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device present";
+  auto gpu = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
+  gpu->to(torch::kCUDA);
+  gpu->eval();
+  auto ids = torch::randint(0, kVocab, {2, 9});
+  auto logits = gpu->forward(ids.to(torch::kCUDA));
+  EXPECT_TRUE(logits.is_cuda());
+  EXPECT_LT(rel_err(logits.cpu(), reference_logits(tensors, ids)), 1e-3);  // TF32 matmuls allowed
+  gpt2::KVCache cache;
+  gpu->forward(ids.narrow(1, 0, 5).to(torch::kCUDA), {}, &cache);
+  auto step = gpu->forward(ids.narrow(1, 5, 1).to(torch::kCUDA), {}, &cache);
+  EXPECT_LT(rel_err(step.cpu(), logits.narrow(1, 5, 1).cpu()), 1e-4);
+  auto o = gpt2::paper_decoding();
+  o.num_beams = 4;
+  o.max_new_tokens = 5;
+  const std::vector<std::vector<int64_t>> prompts = {{1, 2, 3}, {4, 5}};
+  EXPECT_EQ(gpt2::generate(*gpu, prompts, o), gpt2::generate(*model, prompts, o));
 }
 
 TEST_F(Gpt2Test, BeamSearchWithVocabWideBeamFindsTheExhaustiveBest) {

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 
 #include "tokenizer.hpp"
+#include "../../test_util.hpp"
 
 #include <cstdlib>
 #include <filesystem>
@@ -12,11 +13,8 @@
 
 namespace {
 
-/// `$env` if set, else ../shared/data/<sub> beside the source checkout.
-std::string data_dir(const char* env, const std::string& sub) {
-  if (const char* v = std::getenv(env)) return v;
-  return std::string(LORA_SOURCE_DIR) + "/../shared/data/" + sub;
-}
+using example_test::data_dir;
+
 
 const gpt2::Tokenizer* tokenizer() {
   static std::unique_ptr<gpt2::Tokenizer> tok = [] {

@@ -1,0 +1,282 @@
+#include "trainer.hpp"
+
+#include <lora/lora.hpp>
+
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+namespace e2e {
+
+namespace {
+
+constexpr int64_t kStateFormat = 1;
+
+/// bf16 autocast on CUDA for one forward pass. The C++ API changed in LibTorch 2.4 (per device
+/// type); older versions only have the CUDA ("gpu") calls.
+class CudaAutocast {
+ public:
+  explicit CudaAutocast(bool on) : on_(on) {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    prev_on_ = at::autocast::is_autocast_enabled(at::kCUDA);
+    prev_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+    prev_on_ = at::autocast::is_enabled();
+    prev_dtype_ = at::autocast::get_autocast_gpu_dtype();
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~CudaAutocast() {
+    if (!on_) return;
+    // The cast weights are cached for the region only: the optimizer changes them next.
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, prev_on_);
+    at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype_);
+#else
+    at::autocast::set_enabled(prev_on_);
+    at::autocast::set_autocast_gpu_dtype(prev_dtype_);
+#endif
+  }
+  CudaAutocast(const CudaAutocast&) = delete;
+  CudaAutocast& operator=(const CudaAutocast&) = delete;
+
+ private:
+  bool on_, prev_on_ = false;
+  at::ScalarType prev_dtype_ = at::kHalf;
+};
+
+torch::Device device_named(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name != "cuda") throw std::invalid_argument("--device must be cpu or cuda, got '" + name + "'");
+  if (!torch::cuda::is_available()) throw std::invalid_argument("--device cuda: no CUDA device is available");
+  return torch::kCUDA;
+}
+
+// Archive keys are attribute names: no dots.
+std::string key_of(std::string name) {
+  std::replace(name.begin(), name.end(), '.', '/');
+  return name;
+}
+
+torch::Tensor scalar(int64_t v) { return torch::tensor(v, torch::kLong); }
+
+torch::Tensor rng_state(torch::Device device) {
+  auto gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_rng_state(torch::Device device, const torch::Tensor& state) {
+  auto gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+}  // namespace
+
+Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples)
+    : model_(std::move(model)), o_(std::move(options)), num_examples_(num_examples), device_(device_named(o_.device)) {
+  if (o_.dtype != "fp32" && o_.dtype != "bf16") throw std::invalid_argument("--dtype must be fp32 or bf16, got '" + o_.dtype + "'");
+  if (o_.dtype == "bf16" && !device_.is_cuda())
+    throw std::invalid_argument("--dtype bf16 is bf16 autocast on CUDA: use it with --device cuda (fp32 on the CPU)");
+  if (o_.batch_size < 1 || o_.grad_accum < 1 || o_.epochs < 1)
+    throw std::invalid_argument("--batch-size, --grad-accum and --epochs must be at least 1");
+  if (num_examples_ == 0) throw std::invalid_argument("no training examples");
+  if (o_.method == "lora") {
+    auto cfg = lora::LoRAConfig().r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout).target_modules({o_.targets});
+    if (o_.qv_only && o_.targets == "c_attn") cfg.enable_lora({{"c_attn", {true, false, true}}});
+    lora::inject_lora(*model_, cfg);
+  } else if (o_.method == "full") {
+    for (auto& p : model_->parameters()) p.set_requires_grad(true);
+  } else {
+    throw std::invalid_argument("--method must be lora or full, got '" + o_.method + "'");
+  }
+  model_->to(device_);
+  std::vector<torch::Tensor> params;
+  for (const auto& item : model_->named_parameters())
+    if (item.value().requires_grad()) {
+      trainable_.emplace_back(item.key(), item.value());
+      params.push_back(item.value());
+    }
+  opt_ = std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(o_.lr).weight_decay(o_.weight_decay).betas({0.9, 0.999}).eps(1e-6));
+  per_epoch_ = (static_cast<int64_t>(num_examples_) + o_.batch_size - 1) / o_.batch_size;
+  total_steps_ = per_epoch_ * o_.epochs;
+  if (o_.max_steps > 0) total_steps_ = std::min(total_steps_, o_.max_steps);
+}
+
+int64_t Trainer::trainable_count() const {
+  int64_t n = 0;
+  for (const auto& p : trainable_) n += p.second.numel();
+  return n;
+}
+
+int64_t Trainer::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : model_->parameters()) n += p.numel();
+  return n;
+}
+
+double Trainer::lr_at(int64_t step) const {  // linear warm-up, then linear decay to 0 (the paper's schedule)
+  if (step < o_.warmup) return o_.lr * double(step + 1) / double(o_.warmup);
+  return o_.lr * std::max(0.0, double(total_steps_ - step) / double(std::max<int64_t>(1, total_steps_ - o_.warmup)));
+}
+
+std::vector<size_t> Trainer::order_of(int64_t epoch) const {
+  if (order_epoch_ != epoch) {
+    order_cache_.resize(num_examples_);
+    std::iota(order_cache_.begin(), order_cache_.end(), size_t{0});
+    std::seed_seq seq{static_cast<uint64_t>(o_.seed), static_cast<uint64_t>(epoch)};
+    std::mt19937_64 rng(seq);
+    std::shuffle(order_cache_.begin(), order_cache_.end(), rng);
+    order_epoch_ = epoch;
+  }
+  return order_cache_;
+}
+
+std::vector<size_t> Trainer::next_indices() const {
+  const auto order = order_of(pos_.epoch);
+  const auto begin = static_cast<size_t>(pos_.batch * o_.batch_size);
+  const auto end = std::min(order.size(), begin + static_cast<size_t>(o_.batch_size));
+  return {order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)};
+}
+
+double Trainer::step(const Batch& batch) {
+  if (done()) throw std::logic_error("Trainer::step: all " + std::to_string(total_steps_) + " steps are done");
+  model_->train();
+  torch::Tensor loss;
+  {
+    CudaAutocast autocast(o_.dtype == "bf16");
+    auto [sums, counts] = masked_loss_from_hidden(
+        model_->hidden_states(batch.input.to(device_)), [&](const torch::Tensor& h) { return model_->lm_head(h); }, batch,
+        o_.label_smoothing);
+    loss = sums.sum() / (counts.sum() + 1e-4);  // the reference's normalisation
+  }
+  (loss / static_cast<double>(o_.grad_accum)).backward();
+  pos_.tokens += static_cast<int64_t>(batch.mask.sum().item<double>());
+  const bool epoch_end = pos_.batch + 1 == per_epoch_;
+  if ((pos_.batch + 1) % o_.grad_accum == 0 || epoch_end || pos_.step + 1 == total_steps_) {
+    for (auto& group : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(pos_.step));
+    if (o_.clip > 0) torch::nn::utils::clip_grad_norm_(opt_->param_groups()[0].params(), o_.clip);
+    opt_->step();
+    opt_->zero_grad();
+  }
+  ++pos_.step;
+  if (epoch_end) {
+    ++pos_.epoch;
+    pos_.batch = 0;
+  } else {
+    ++pos_.batch;
+  }
+  return loss.item<double>();
+}
+
+void Trainer::save_state(const std::string& file) const {
+  if (pos_.batch % o_.grad_accum != 0)
+    throw std::logic_error("Trainer::save_state: gradients of " + std::to_string(pos_.batch % o_.grad_accum) +
+                           " batches are still being accumulated; save after an optimizer step");
+  torch::NoGradGuard no_grad;
+  torch::serialize::OutputArchive archive;
+  archive.write("format", scalar(kStateFormat));
+  archive.write("method", c10::IValue(o_.method));
+  for (const auto& [key, v] : {std::pair<const char*, int64_t>{"epoch", pos_.epoch}, {"batch", pos_.batch}, {"step", pos_.step},
+                               {"tokens", pos_.tokens}, {"seed", o_.seed}, {"batch_size", o_.batch_size},
+                               {"grad_accum", o_.grad_accum}, {"examples", static_cast<int64_t>(num_examples_)},
+                               {"total_steps", total_steps_}})
+    archive.write(key, scalar(v));
+  torch::serialize::OutputArchive params(archive.compilation_unit());
+  for (const auto& [name, p] : trainable_) params.write(key_of(name), p.detach().to(torch::kCPU), /*is_buffer=*/true);
+  archive.write("params", params);
+  torch::serialize::OutputArchive optim(archive.compilation_unit());
+  opt_->save(optim);
+  archive.write("optimizer", optim);
+  archive.write("rng_cpu", rng_state(torch::kCPU), true);
+  if (device_.is_cuda()) archive.write("rng_cuda", rng_state(device_), true);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  lora::detail::write_text(file, bytes.str());
+}
+
+void Trainer::load_state(const std::string& path) {
+  namespace fs = std::filesystem;
+  const std::string file = fs::is_directory(path) ? path + "/trainer_state.pt" : path;
+  if (!fs::exists(file))
+    throw std::runtime_error("trainer state '" + file + "' not found: --resume takes a trainer_state.pt written by train "
+                             "(in each epoch_N folder, the adapter folder and the checkpoint folder)");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(file, device_);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("trainer state '" + file + "' cannot be read (" + e.what_without_backtrace() +
+                             "): is it a complete trainer_state.pt written by gpt2-e2e train?");
+  }
+  auto read_int = [&](const char* key) {
+    torch::Tensor t;
+    if (!archive.try_read(key, t)) throw std::runtime_error("trainer state '" + file + "' has no '" + key + "' entry");
+    return t.item<int64_t>();
+  };
+  if (read_int("format") != kStateFormat)
+    throw std::runtime_error("trainer state '" + file + "' has format " + std::to_string(read_int("format")) +
+                             ", this build reads format " + std::to_string(kStateFormat));
+  c10::IValue method;
+  archive.read("method", method);
+  if (method.toStringRef() != o_.method)
+    throw std::runtime_error("trainer state '" + file + "' was saved by a --method " + method.toStringRef() +
+                             " run; this run is --method " + o_.method);
+  const std::pair<const char*, int64_t> must_match[] = {{"seed", o_.seed},
+                                                        {"batch_size", o_.batch_size},
+                                                        {"grad_accum", o_.grad_accum},
+                                                        {"examples", static_cast<int64_t>(num_examples_)},
+                                                        {"total_steps", total_steps_}};
+  for (const auto& [key, now] : must_match) {
+    const int64_t saved = read_int(key);
+    if (saved != now)
+      throw std::runtime_error("trainer state '" + file + "' was saved with " + key + " = " + std::to_string(saved) +
+                               ", this run has " + std::to_string(now) +
+                               ": resume with the options and data of the interrupted run (--seed, --batch-size, "
+                               "--grad-accum, --epochs, --max-steps)");
+  }
+  torch::serialize::InputArchive params;
+  archive.read("params", params);
+  std::vector<torch::Tensor> values;
+  for (const auto& [name, p] : trainable_) {
+    torch::Tensor v;
+    if (!params.try_read(key_of(name), v, true))
+      throw std::runtime_error("trainer state '" + file + "' has no value for trainable parameter '" + name +
+                               "': was it saved for another model or adapter configuration?");
+    if (!v.sizes().equals(p.sizes()))
+      throw std::runtime_error("trainer state '" + file + "': parameter '" + name + "' has shape " +
+                               lora::detail::shape_str(v.sizes()) + ", the model's is " + lora::detail::shape_str(p.sizes()) +
+                               ": was it saved with another --rank or model?");
+    values.push_back(v);
+  }
+  if (static_cast<size_t>(params.keys().size()) != trainable_.size())
+    throw std::runtime_error("trainer state '" + file + "' holds " + std::to_string(params.keys().size()) +
+                             " trainable parameters, this run has " + std::to_string(trainable_.size()) +
+                             ": was it saved with other --targets?");
+  torch::serialize::InputArchive optim;
+  archive.read("optimizer", optim);
+  opt_->load(optim);
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < values.size(); ++i) trainable_[i].second.copy_(values[i]);
+  }
+  torch::Tensor cpu_state, cuda_state;
+  archive.read("rng_cpu", cpu_state, true);
+  set_rng_state(torch::kCPU, cpu_state.to(torch::kCPU));
+  if (device_.is_cuda() && archive.try_read("rng_cuda", cuda_state, true)) set_rng_state(device_, cuda_state.to(torch::kCPU));
+  pos_ = Position{read_int("epoch"), read_int("batch"), read_int("step"), read_int("tokens")};
+}
+
+}  // namespace e2e

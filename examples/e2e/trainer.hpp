@@ -1,0 +1,95 @@
+#pragma once
+// The paper's fine-tuning loop for GPT-2 on E2E, one batch at a time, with a trainer state that
+// resumes a run exactly (a PEFT adapter alone holds no optimizer moments, step or RNG state).
+
+#include "data.hpp"
+#include "model.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace e2e {
+
+/// The recipe of Hu et al. (2021), microsoft/LoRA examples/NLG, as defaults.
+struct TrainOptions {
+  std::string method = "lora";    ///< "lora" or "full" (full fine-tuning, the paper's FT baseline)
+  std::string targets = "c_attn";  ///< module-name suffix to adapt
+  bool qv_only = true;             ///< on c_attn: only the q and v slices (the paper's choice)
+  int64_t rank = 4;
+  double alpha = 32, lora_dropout = 0.1;
+  double lr = 2e-4, weight_decay = 0.01, label_smoothing = 0.1, clip = 0;  ///< clip 0: off, as in the paper
+  int64_t warmup = 500;        ///< linear warm-up steps, then linear decay to 0
+  int64_t epochs = 5, batch_size = 8, grad_accum = 1, max_steps = 0;  ///< max_steps 0: all epochs
+  int64_t pad_to = 0;          ///< pad each batch to this length (0: to the batch's own longest)
+  int64_t seed = 110;
+  std::string device = "cpu";  ///< "cpu" or "cuda"
+  std::string dtype = "fp32";  ///< "fp32", or "bf16": bf16 autocast (CUDA only; weights stay fp32)
+};
+
+/// Where a run is: the next batch is `batch` (0-based) of epoch `epoch` (1-based); `step` batches
+/// were trained so far, holding `tokens` completion tokens.
+struct Position {
+  int64_t epoch = 1, batch = 0, step = 0, tokens = 0;
+};
+
+/// Trains a GPT2LMHeadModel on encoded E2E examples: AdamW (eps 1e-6), linear schedule, the
+/// reference label-smoothed loss over completion tokens, optional gradient accumulation and
+/// clipping, bf16 autocast on CUDA. Each epoch visits the examples in a shuffle seeded by
+/// (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+///
+/// Example:
+/// \code
+///   e2e::Trainer trainer(model, e2e::TrainOptions(), train_set.size());
+///   while (!trainer.done()) {
+///     double loss = trainer.step(e2e::make_batch(train_set, trainer.next_indices()));
+///     if (trainer.position().batch == 0) trainer.save_state("run/trainer_state.pt");  // an epoch ended
+///   }
+/// \endcode
+class Trainer {
+ public:
+  /// Injects the adapter (method lora; the model must have none yet) or unfreezes every
+  /// parameter (full), moves the model to the device and builds the optimizer.
+  Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples);
+
+  /// The indices of the next batch.
+  std::vector<size_t> next_indices() const;
+  /// One batch: forward, backward and, every grad_accum batches or at an epoch's end, an
+  /// optimizer step. Advances the position; returns the batch's mean loss.
+  double step(const Batch& batch);
+  bool done() const { return pos_.step >= total_steps_; }
+
+  /// The learning rate of step `step` (0-based).
+  double lr_at(int64_t step) const;
+  int64_t steps_per_epoch() const { return per_epoch_; }
+  int64_t total_steps() const { return total_steps_; }
+  const Position& position() const { return pos_; }
+  const TrainOptions& options() const { return o_; }
+  int64_t trainable_count() const;
+  int64_t parameter_count() const;
+  std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model() const { return model_; }
+
+  /// Writes the trainer state (position, options that must not change, trainable parameters,
+  /// AdamW moments, CPU and CUDA RNG states) to `file` atomically. Only between optimizer steps.
+  void save_state(const std::string& file) const;
+  /// Restores a state written by save_state (a file, or a folder holding trainer_state.pt). The
+  /// run's options must match those it was saved with; the error names the first that differs.
+  void load_state(const std::string& path);
+
+ private:
+  std::vector<size_t> order_of(int64_t epoch) const;
+
+  std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model_;
+  TrainOptions o_;
+  size_t num_examples_;
+  torch::Device device_;
+  std::vector<std::pair<std::string, torch::Tensor>> trainable_;  // name -> parameter, in model order
+  std::unique_ptr<torch::optim::AdamW> opt_;
+  int64_t per_epoch_ = 0, total_steps_ = 0;
+  Position pos_;
+  mutable int64_t order_epoch_ = 0;  // the epoch whose shuffle order_cache_ holds
+  mutable std::vector<size_t> order_cache_;
+};
+
+}  // namespace e2e

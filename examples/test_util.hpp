@@ -1,0 +1,27 @@
+#pragma once
+// Helpers shared by the example tests (gpt2_tests, e2e_tests). Needs LORA_SOURCE_DIR defined.
+
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <string>
+
+namespace example_test {
+
+/// `$env` if set, else ../shared/data/<sub> beside the source checkout.
+inline std::string data_dir(const char* env, const std::string& sub) {
+  if (const char* v = std::getenv(env)) return v;
+  return std::string(LORA_SOURCE_DIR) + "/../shared/data/" + sub;
+}
+
+/// The message of the exception `fn` throws ("" if none).
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace example_test
