@@ -2,6 +2,7 @@
 
 #include "tokenizer.hpp"
 
+#include <cctype>
 #include <fstream>
 #include <map>
 #include <stdexcept>
@@ -42,6 +43,8 @@ std::vector<Pair> read_pairs(const std::string& path) {
 }
 
 std::vector<Pair> read_csv(const std::string& path) {
+  const bool tsv = path.size() >= 4 && path.compare(path.size() - 4, 4, ".tsv") == 0;
+  const char delimiter = tsv ? '\t' : ',';
   auto in = open(path);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<std::vector<std::string>> rows(1, std::vector<std::string>(1));
@@ -55,7 +58,7 @@ std::vector<Pair> read_csv(const std::string& path) {
       else field += c;
     } else if (c == '"') {
       quoted = true;
-    } else if (c == ',') {
+    } else if (c == delimiter) {
       rows.back().emplace_back();
     } else if (c == '\n' || c == '\r') {
       if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
@@ -66,8 +69,14 @@ std::vector<Pair> read_csv(const std::string& path) {
   }
   if (quoted) throw std::runtime_error("'" + path + "': a quoted field is not closed: truncated file?");
   while (!rows.empty() && rows.back().size() == 1 && rows.back()[0].empty()) rows.pop_back();
-  if (rows.empty() || rows[0].empty() || rows[0][0] != "mr" || rows[0].size() > 2 || (rows[0].size() == 2 && rows[0][1] != "ref"))
-    throw std::runtime_error("'" + path + "': expected a header \"mr\",\"ref\" (or just \"mr\")");
+  auto lower = [](std::string v) {
+    for (auto& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return v;
+  };
+  const bool header_ok = !rows.empty() && !rows[0].empty() && rows[0].size() <= 2 && lower(rows[0][0]) == "mr" &&
+                         (rows[0].size() == 1 || lower(rows[0][1]) == "ref" || lower(rows[0][1]) == "output");
+  if (!header_ok)
+    throw std::runtime_error("'" + path + "': expected a header \"mr\",\"ref\" (or just \"mr\"; MR<tab>output in a system-output .tsv)");
   const size_t cols = rows[0].size();
   std::vector<Pair> out;
   for (size_t r = 1; r < rows.size(); ++r) {

@@ -25,7 +25,9 @@ struct Pair {
 std::vector<Pair> read_pairs(const std::string& path);
 
 /// Reads the official CSV release (tuetschek/e2e-dataset: header "mr","ref" or just "mr";
-/// RFC 4180 quoting). MRs stay in the CSV's `name[...]` notation.
+/// RFC 4180 quoting), or, for a path ending in ".tsv", a system-output file of the challenge
+/// (tuetschek/e2e-eval: tab-separated, header MR<tab>output; `ref` then holds the output). MRs
+/// stay in the `name[...]` notation.
 std::vector<Pair> read_csv(const std::string& path);
 
 /// One MR with all its references, for generation and scoring (distinct MRs in file order).

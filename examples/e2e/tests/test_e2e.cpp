@@ -57,6 +57,11 @@ TEST(E2EData, OfficialCsvQuotingAndMrOnlyFiles) {
   EXPECT_NE(error_of([&] { e2e::read_csv(write("q.csv", "mr,ref\n\"open,b\n").string()); }).find("not closed"), std::string::npos);
   EXPECT_NE(error_of([&] { e2e::read_csv(write("f.csv", "mr,ref\na,b,c\n").string()); }).find("record 2: expected 2 fields"),
             std::string::npos);
+  // The challenge's system outputs (tuetschek/e2e-eval): tab-separated, commas inside fields.
+  auto tsv = e2e::read_csv(write("sys.tsv", "MR\toutput\n\"name[A], food[B]\"\tA serves B, cheaply.\n").string());
+  ASSERT_EQ(tsv.size(), 1u);
+  EXPECT_EQ(tsv[0].mr, "name[A], food[B]");
+  EXPECT_EQ(tsv[0].ref, "A serves B, cheaply.");
 }
 
 TEST(E2EData, RealFilesParseWithTheirKnownSizes) {

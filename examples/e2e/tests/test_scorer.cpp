@@ -91,6 +91,44 @@ TEST(E2EScorer, FullTestSetMatchesTheOfficialScorer) {
   EXPECT_NEAR(s.cider, 0.8484505839939533, 1e-9);
 }
 
+// The challenge's published word-overlap scores of two primary systems (Dušek, Novikova & Rieser,
+// "Evaluating the state-of-the-art of end-to-end NLG: the E2E NLG challenge", 2020, table of
+// automatic metrics), from their outputs in tuetschek/e2e-eval and the official test references.
+// The tolerances are the (BLEU/ROUGE-L 0.001, NIST 0.03, CIDEr 0.01); we land within the
+// published rounding except CIDEr (~0.001 off: the Java PTB tokenizer is re-implemented here).
+TEST(E2EScorer, PublishedChallengeScoresOfPrimarySystems) {
+  std::string eval_dir;
+  for (const std::string& d : {example_test::data_dir("LORA_E2E_EVAL_DIR", "e2e-eval"), std::string(LORA_SOURCE_DIR) + "/data/e2e-eval"})
+    if (std::filesystem::exists(d + "/system_outputs/primary/tgen.tsv")) eval_dir = d;
+  std::string csv = data_dir() + "/csv/testset_w_refs.csv";
+  if (!std::filesystem::exists(csv)) csv = eval_dir + "/testset_w_refs.csv";
+  if (eval_dir.empty() || !std::filesystem::exists(csv))
+    GTEST_SKIP() << "challenge system outputs or official test CSV not found: run scripts/get-data.sh --challenge, or set "
+                    "LORA_E2E_EVAL_DIR to a checkout of github.com/tuetschek/e2e-eval";
+  const auto groups = e2e::group_by_mr(e2e::read_csv(csv));
+  ASSERT_EQ(groups.size(), 630u);
+  std::vector<Strings> refs;
+  for (const auto& g : groups) refs.push_back(g.refs);
+  struct Published {
+    const char* system;
+    double bleu, nist, rouge_l, cider;
+  };
+  for (const auto& p : {Published{"tgen", 0.6593, 8.6094, 0.6850, 2.2338}, Published{"slug", 0.6619, 8.6130, 0.6772, 2.2615}}) {
+    std::map<std::string, std::string> output;
+    for (const auto& row : e2e::read_csv(eval_dir + "/system_outputs/primary/" + p.system + ".tsv")) output[row.mr] = row.ref;
+    Strings hyps;
+    for (const auto& g : groups) {
+      ASSERT_TRUE(output.count(g.mr)) << p.system << " has no output for " << g.mr;
+      hyps.push_back(output[g.mr]);
+    }
+    const auto s = e2e::score(hyps, refs);
+    EXPECT_NEAR(s.bleu, p.bleu, 1e-4) << p.system;
+    EXPECT_NEAR(s.nist, p.nist, 1e-4) << p.system;
+    EXPECT_NEAR(s.rouge_l, p.rouge_l, 1e-4) << p.system;
+    EXPECT_NEAR(s.cider, p.cider, 1e-2) << p.system;
+  }
+}
+
 TEST(E2EScorer, FilesAndMismatchesGiveClearErrors) {
   auto dir = std::filesystem::temp_directory_path() / ("e2e_scorer_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
