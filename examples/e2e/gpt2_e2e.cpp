@@ -135,7 +135,7 @@ TrainResult train(const TrainArgs& a) {
       std::cerr << "\rstep " << pos.step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss << " | lr "
                 << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << std::setprecision(0) << tok_s
                 << " tok/s | ETA " << double(total - pos.step) * secs / double(pos.step - first_step) << " s   " << std::flush;
-    if (a.save_every > 0 && pos.step % a.save_every == 0 && pos.batch % a.o.grad_accum == 0) save(a.out + "/checkpoint");
+    if (a.save_every > 0 && pos.step % a.save_every == 0 && !trainer.accumulating()) save(a.out + "/checkpoint");
     if (pos.batch == 0 || trainer.done()) {  // an epoch ended (or the step budget did)
       std::cerr << "\n";
       result.valid.push_back(mean_loss(*model, valid_set, a.o.batch_size, device_of(a.o.device)));
@@ -368,7 +368,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--device", t.o.device, "cpu or cuda")->capture_default_str();
   train_cmd->add_option("--dtype", t.o.dtype, "fp32, or bf16 (bf16 autocast, CUDA only)")->capture_default_str();
   train_cmd->add_option("--resume", t.resume, "continue from a trainer_state.pt (or a folder holding one: checkpoint, epoch_N)");
-  train_cmd->add_option("--save-every", t.save_every, "also save adapter + trainer state to OUT/checkpoint every N steps (0: off)")
+  train_cmd->add_option("--save-every", t.save_every, "also save adapter + trainer state to OUT/checkpoint every N steps, at optimizer steps (0: off)")
       ->capture_default_str();
 
   std::string model, adapter, data, out, device = "cpu";

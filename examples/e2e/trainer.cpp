@@ -166,11 +166,13 @@ double Trainer::step(const Batch& batch) {
   (loss / static_cast<double>(o_.grad_accum)).backward();
   pos_.tokens += static_cast<int64_t>(batch.mask.sum().item<double>());
   const bool epoch_end = pos_.batch + 1 == per_epoch_;
+  accumulating_ = true;
   if ((pos_.batch + 1) % o_.grad_accum == 0 || epoch_end || pos_.step + 1 == total_steps_) {
     for (auto& group : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(pos_.step));
     if (o_.clip > 0) torch::nn::utils::clip_grad_norm_(opt_->param_groups()[0].params(), o_.clip);
     opt_->step();
     opt_->zero_grad();
+    accumulating_ = false;
   }
   ++pos_.step;
   if (epoch_end) {
@@ -183,7 +185,7 @@ double Trainer::step(const Batch& batch) {
 }
 
 void Trainer::save_state(const std::string& file) const {
-  if (pos_.batch % o_.grad_accum != 0)
+  if (accumulating_)
     throw std::logic_error("Trainer::save_state: gradients of " + std::to_string(pos_.batch % o_.grad_accum) +
                            " batches are still being accumulated; save after an optimizer step");
   torch::NoGradGuard no_grad;

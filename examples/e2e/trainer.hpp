@@ -59,6 +59,9 @@ class Trainer {
   /// optimizer step. Advances the position; returns the batch's mean loss.
   double step(const Batch& batch);
   bool done() const { return pos_.step >= total_steps_; }
+  /// True while gradients of batches since the last optimizer step are pending (grad_accum > 1):
+  /// no state can be saved then.
+  bool accumulating() const { return accumulating_; }
 
   /// The learning rate of step `step` (0-based).
   double lr_at(int64_t step) const;
@@ -71,7 +74,7 @@ class Trainer {
   std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model() const { return model_; }
 
   /// Writes the trainer state (position, options that must not change, trainable parameters,
-  /// AdamW moments, CPU and CUDA RNG states) to `file` atomically. Only between optimizer steps.
+  /// AdamW moments, CPU and CUDA RNG states) to `file` atomically. Not while accumulating().
   void save_state(const std::string& file) const;
   /// Restores a state written by save_state (a file, or a folder holding trainer_state.pt). The
   /// run's options must match those it was saved with; the error names the first that differs.
@@ -88,6 +91,7 @@ class Trainer {
   std::unique_ptr<torch::optim::AdamW> opt_;
   int64_t per_epoch_ = 0, total_steps_ = 0;
   Position pos_;
+  bool accumulating_ = false;
   mutable int64_t order_epoch_ = 0;  // the epoch whose shuffle order_cache_ holds
   mutable std::vector<size_t> order_cache_;
 };
