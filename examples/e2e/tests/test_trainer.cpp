@@ -61,6 +61,14 @@ std::vector<torch::Tensor> trainable(const gpt2::GPT2LMHeadModelImpl& model) {
 }
 
 
+/// Every trainable tensor of `a` equals `b`'s bit for bit.
+void expect_same_trainables(const gpt2::GPT2LMHeadModelImpl& a, const gpt2::GPT2LMHeadModelImpl& b) {
+  const auto pa = trainable(a), pb = trainable(b);
+  ASSERT_EQ(pa.size(), pb.size());
+  ASSERT_FALSE(pa.empty());
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pb[i])) << "parameter " << i;
+}
+
 std::string temp_file(const std::string& name) {
   return (fs::temp_directory_path() / ("trainer_test_" + std::to_string(::getpid()) + "_" + name)).string();
 }
@@ -125,10 +133,7 @@ TEST(E2ETrainer, ResumedRunMatchesUninterruptedRunExactly) {
   EXPECT_EQ(c.position().batch, 1);
   while (!c.done()) losses_b.push_back(c.step(e2e::make_batch(data, c.next_indices())));
   EXPECT_EQ(losses_a, losses_b);
-  const auto pa = trainable(*straight), pc = trainable(*resumed);
-  ASSERT_EQ(pa.size(), pc.size());
-  ASSERT_FALSE(pa.empty());
-  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << "parameter " << i;
+  expect_same_trainables(*straight, *resumed);
   EXPECT_EQ(a.position().tokens, c.position().tokens);
   fs::remove(file);
 }
@@ -154,8 +159,7 @@ TEST(E2ETrainer, GradientAccumulationResumesAndEndsWithAnOptimizerStep) {
   e2e::Trainer c(resumed, o, data.size());
   c.load_state(file);
   while (!c.done()) c.step(e2e::make_batch(data, c.next_indices()));
-  const auto pa = trainable(*straight), pc = trainable(*resumed);
-  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << "parameter " << i;
+  expect_same_trainables(*straight, *resumed);
   // A step budget that ends inside an accumulation window still ends with an optimizer step.
   o.max_steps = 3;
   e2e::Trainer d(tiny_model(), o, data.size());
@@ -184,8 +188,7 @@ TEST(E2ETrainer, FullFineTuningResumesToo) {
   e2e::Trainer c(resumed, o, data.size());
   c.load_state(file);
   while (!c.done()) c.step(e2e::make_batch(data, c.next_indices()));
-  const auto pa = trainable(*straight), pc = trainable(*resumed);
-  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << "parameter " << i;
+  expect_same_trainables(*straight, *resumed);
   fs::remove(file);
 }
 
