@@ -1,5 +1,6 @@
 #pragma once
-// Helpers shared by the example tests (gpt2_tests, e2e_tests). Needs LORA_SOURCE_DIR defined.
+// Helpers shared by the example tests (gpt2_tests, e2e_tests) and e2e-bench. Needs LORA_SOURCE_DIR
+// defined.
 
 #include <cstdlib>
 #include <exception>

@@ -9,6 +9,7 @@
 // the paper's 5 epochs).
 #include <benchmark/benchmark.h>
 
+#include "../test_util.hpp"
 #include "tokenizer.hpp"
 #include "trainer.hpp"
 
@@ -30,11 +31,7 @@ struct Data {
 const Data& data() {
   static const Data d = [] {
     Data out;
-    auto dir = [](const char* env, const std::string& sub) {
-      const char* v = std::getenv(env);
-      return v ? std::string(v) : std::string(LORA_SOURCE_DIR) + "/../shared/data/" + sub;
-    };
-    const auto e2e_dir = dir("LORA_E2E_DIR", "e2e"), gpt2_dir = dir("LORA_GPT2_DIR", "gpt2");
+    const auto e2e_dir = example_test::data_dir("LORA_E2E_DIR", "e2e"), gpt2_dir = example_test::data_dir("LORA_GPT2_DIR", "gpt2");
     if (std::filesystem::exists(e2e_dir + "/train.txt") && std::filesystem::exists(gpt2_dir + "/vocab.json")) {
       const auto tok = gpt2::Tokenizer::from_dir(gpt2_dir);
       auto pairs = e2e::read_pairs(e2e_dir + "/train.txt");

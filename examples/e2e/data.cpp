@@ -9,18 +9,25 @@
 
 namespace e2e {
 
-namespace {
-
 std::string strip(const std::string& s) {
   const char* ws = " \t\n\r\f\v";
   const auto b = s.find_first_not_of(ws);
   return b == std::string::npos ? "" : s.substr(b, s.find_last_not_of(ws) - b + 1);
 }
 
+namespace {
+
 std::ifstream open(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read E2E data file '" + path + "'");
   return in;
+}
+
+/// microsoft/LoRA's per-position loss from log-probabilities [..., V] and targets [...]:
+/// (1 - ls) · NLL + ls · mean(-log p), or the plain NLL when ls is 0.
+torch::Tensor token_loss(const torch::Tensor& logprobs, const torch::Tensor& target, double ls) {
+  auto nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1);
+  return ls > 1e-4 ? (1.0 - ls) * nll + ls * (-logprobs.mean(-1)) : nll;
 }
 
 }  // namespace
@@ -142,9 +149,7 @@ std::pair<torch::Tensor, torch::Tensor> masked_loss(const torch::Tensor& logits,
   auto logprobs = logits.to(torch::kFloat).log_softmax(-1);
   auto target = batch.target.to(logits.device());
   auto mask = batch.mask.to(logits.device());
-  auto nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1);
-  auto loss = ls > 1e-4 ? (1.0 - ls) * nll + ls * (-logprobs.mean(-1)) : nll;
-  return {(loss * mask).sum(1), mask.sum(1)};
+  return {(token_loss(logprobs, target, ls) * mask).sum(1), mask.sum(1)};
 }
 
 std::pair<torch::Tensor, torch::Tensor> masked_loss_from_hidden(const torch::Tensor& hidden,
@@ -157,8 +162,7 @@ std::pair<torch::Tensor, torch::Tensor> masked_loss_from_hidden(const torch::Ten
   auto h = hidden.reshape({-1, hidden.size(-1)}).index_select(0, flat);
   auto logprobs = head(h).to(torch::kFloat).log_softmax(-1);  // [M, V]
   auto target = batch.target.to(device).reshape({-1}).index_select(0, flat);
-  auto nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1);
-  auto loss = ls > 1e-4 ? (1.0 - ls) * nll + ls * (-logprobs.mean(-1)) : nll;
+  auto loss = token_loss(logprobs, target, ls);
   auto sums = torch::zeros({mask.size(0)}, loss.options()).index_add(0, flat.div(L, "floor"), loss);
   return {sums, mask.sum(1)};
 }

@@ -19,6 +19,9 @@ struct Pair {
   std::string mr, ref;
 };
 
+/// `s` without leading and trailing whitespace (Python's str.strip() on ASCII whitespace).
+std::string strip(const std::string& s);
+
 /// Reads a `mr||ref` file (microsoft/LoRA's data/e2e/*.txt): each line is stripped and split as
 /// `mr, ref = line.strip().split("||")`. Blank lines are skipped; a line without exactly one
 /// "||" is an error naming the file and the line.

@@ -40,34 +40,11 @@ void copy_tokenizer(const std::string& from, const std::string& to) {
     fs::copy_file(from + "/" + f, to + "/" + f, fs::copy_options::overwrite_existing);
 }
 
-torch::Device device_of(const std::string& name) {
-  if (name == "cuda" && !torch::cuda::is_available()) throw Fail("--device cuda: no CUDA device is available");
-  return name == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-}
-
 std::shared_ptr<gpt2::GPT2LMHeadModelImpl> load_model(const std::string& dir, const std::string& adapter, torch::Device device) {
   auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir);
   if (!adapter.empty()) lora::load_adapter(*model, adapter);
   model->to(device);
   return model;
-}
-
-/// Mean per-token cross-entropy over all completion tokens (no label smoothing).
-double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<e2e::Example>& examples, int64_t batch_size,
-                 torch::Device device) {
-  torch::NoGradGuard no_grad;
-  model.eval();
-  double total = 0, count = 0;
-  for (size_t at = 0; at < examples.size(); at += static_cast<size_t>(batch_size)) {
-    std::vector<size_t> idx;
-    for (size_t i = at; i < std::min(examples.size(), at + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
-    auto batch = e2e::make_batch(examples, idx);
-    auto [sums, counts] = e2e::masked_loss_from_hidden(
-        model.hidden_states(batch.input.to(device)), [&](const torch::Tensor& h) { return model.lm_head(h); }, batch, 0.0);
-    total += sums.sum().to(torch::kDouble).item<double>();
-    count += counts.sum().item<double>();
-  }
-  return total / count;
 }
 
 std::vector<e2e::Example> encode_all(const gpt2::Tokenizer& tok, const std::vector<e2e::Pair>& pairs, int64_t max_len, size_t limit = 0) {
@@ -138,7 +115,7 @@ TrainResult train(const TrainArgs& a) {
     if (a.save_every > 0 && pos.step % a.save_every == 0 && !trainer.accumulating()) save(a.out + "/checkpoint");
     if (pos.batch == 0 || trainer.done()) {  // an epoch ended (or the step budget did)
       std::cerr << "\n";
-      result.valid.push_back(mean_loss(*model, valid_set, a.o.batch_size, device_of(a.o.device)));
+      result.valid.push_back(e2e::mean_loss(*model, valid_set, a.o.batch_size));
       std::cout << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
       save(a.out + "/epoch_" + std::to_string(epoch));
     }
@@ -162,7 +139,7 @@ GenResult generate(const std::string& model_dir, const std::string& adapter, con
                    int64_t limit, int64_t beams, int64_t max_new, const std::string& device_name) {
   GenResult result;
   const auto start = std::chrono::steady_clock::now();
-  const auto device = device_of(device_name);
+  const auto device = e2e::device_named(device_name);
   auto tok = tokenizer_of(model_dir);
   auto groups = e2e::group_by_mr(e2e::read_pairs(data));
   if (limit > 0 && static_cast<size_t>(limit) < groups.size()) groups.resize(static_cast<size_t>(limit));
@@ -450,8 +427,8 @@ int main(int argc, char** argv) {
     if (*eval_cmd) {
       auto tok = tokenizer_of(model);
       auto examples = encode_all(tok, e2e::read_pairs(data), 512, static_cast<size_t>(limit));
-      auto m = load_model(model, adapter, device_of(device));
-      std::cout << "mean_loss " << std::setprecision(12) << mean_loss(*m, examples, 8, device_of(device)) << "\n";
+      auto m = load_model(model, adapter, e2e::device_named(device));
+      std::cout << "mean_loss " << std::setprecision(12) << e2e::mean_loss(*m, examples, 8) << "\n";
       return 0;
     }
     if (*export_cmd) {

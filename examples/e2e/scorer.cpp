@@ -1,5 +1,7 @@
 #include "scorer.hpp"
 
+#include "data.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -351,14 +353,6 @@ double cider(const std::vector<std::string>& hyps, const std::vector<std::vector
 Scores score(const std::vector<std::string>& hyps, const std::vector<std::vector<std::string>>& refs) {
   return {bleu(hyps, refs), nist(hyps, refs), rouge_l(hyps, refs), cider(hyps, refs)};
 }
-
-namespace {
-std::string strip(const std::string& s) {
-  const char* ws = " \t\n\r\f\v";
-  const auto b = s.find_first_not_of(ws);
-  return b == std::string::npos ? "" : s.substr(b, s.find_last_not_of(ws) - b + 1);
-}
-}  // namespace
 
 std::vector<std::string> read_hypotheses(const std::string& path) {
   std::ifstream in(path);

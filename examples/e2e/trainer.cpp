@@ -56,13 +56,6 @@ class CudaAutocast {
   at::ScalarType prev_dtype_ = at::kHalf;
 };
 
-torch::Device device_named(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name != "cuda") throw std::invalid_argument("--device must be cpu or cuda, got '" + name + "'");
-  if (!torch::cuda::is_available()) throw std::invalid_argument("--device cuda: no CUDA device is available");
-  return torch::kCUDA;
-}
-
 // Archive keys are attribute names: no dots.
 std::string key_of(std::string name) {
   std::replace(name.begin(), name.end(), '.', '/');
@@ -84,6 +77,34 @@ void set_rng_state(torch::Device device, const torch::Tensor& state) {
 }
 
 }  // namespace
+
+torch::Device device_named(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name != "cuda") throw std::invalid_argument("--device must be cpu or cuda, got '" + name + "'");
+  if (!torch::cuda::is_available()) throw std::invalid_argument("--device cuda: no CUDA device is available");
+  return torch::kCUDA;
+}
+
+std::pair<torch::Tensor, torch::Tensor> completion_loss(gpt2::GPT2LMHeadModelImpl& model, const Batch& batch,
+                                                        double label_smoothing) {
+  const auto device = model.transformer->wte->weight.device();
+  return masked_loss_from_hidden(model.hidden_states(batch.input.to(device)),
+                                 [&](const torch::Tensor& h) { return model.lm_head(h); }, batch, label_smoothing);
+}
+
+double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& examples, int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  double total = 0, count = 0;
+  for (size_t at = 0; at < examples.size(); at += static_cast<size_t>(batch_size)) {
+    std::vector<size_t> idx;
+    for (size_t i = at; i < std::min(examples.size(), at + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
+    auto [sums, counts] = completion_loss(model, make_batch(examples, idx), 0.0);
+    total += sums.sum().to(torch::kDouble).item<double>();
+    count += counts.sum().item<double>();
+  }
+  return total / count;
+}
 
 Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples)
     : model_(std::move(model)), o_(std::move(options)), num_examples_(num_examples), device_(device_named(o_.device)) {
@@ -133,7 +154,7 @@ double Trainer::lr_at(int64_t step) const {  // linear warm-up, then linear deca
   return o_.lr * std::max(0.0, double(total_steps_ - step) / double(std::max<int64_t>(1, total_steps_ - o_.warmup)));
 }
 
-std::vector<size_t> Trainer::order_of(int64_t epoch) const {
+const std::vector<size_t>& Trainer::order_of(int64_t epoch) const {
   if (order_epoch_ != epoch) {
     order_cache_.resize(num_examples_);
     std::iota(order_cache_.begin(), order_cache_.end(), size_t{0});
@@ -146,7 +167,7 @@ std::vector<size_t> Trainer::order_of(int64_t epoch) const {
 }
 
 std::vector<size_t> Trainer::next_indices() const {
-  const auto order = order_of(pos_.epoch);
+  const auto& order = order_of(pos_.epoch);
   const auto begin = static_cast<size_t>(pos_.batch * o_.batch_size);
   const auto end = std::min(order.size(), begin + static_cast<size_t>(o_.batch_size));
   return {order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)};
@@ -158,9 +179,7 @@ double Trainer::step(const Batch& batch) {
   torch::Tensor loss;
   {
     CudaAutocast autocast(o_.dtype == "bf16");
-    auto [sums, counts] = masked_loss_from_hidden(
-        model_->hidden_states(batch.input.to(device_)), [&](const torch::Tensor& h) { return model_->lm_head(h); }, batch,
-        o_.label_smoothing);
+    auto [sums, counts] = completion_loss(*model_, batch, o_.label_smoothing);
     loss = sums.sum() / (counts.sum() + 1e-4);  // the reference's normalisation
   }
   (loss / static_cast<double>(o_.grad_accum)).backward();

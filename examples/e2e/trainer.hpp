@@ -28,6 +28,20 @@ struct TrainOptions {
   std::string dtype = "fp32";  ///< "fp32", or "bf16": bf16 autocast (CUDA only; weights stay fp32)
 };
 
+/// The device of a --device value: "cpu", or "cuda" where a CUDA device is present; anything else
+/// is an error naming the value.
+torch::Device device_named(const std::string& name);
+
+/// The batch's per-example sums of the reference loss over completion tokens and their counts
+/// (e2e::masked_loss_from_hidden on the model's hidden states, the LM head applied to completion
+/// positions only), on the model's device.
+std::pair<torch::Tensor, torch::Tensor> completion_loss(gpt2::GPT2LMHeadModelImpl& model, const Batch& batch,
+                                                        double label_smoothing);
+
+/// Mean per-token cross-entropy over all completion tokens of `examples` (no label smoothing),
+/// in eval mode, batches of `batch_size` in order.
+double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& examples, int64_t batch_size);
+
 /// Where a run is: the next batch is `batch` (0-based) of epoch `epoch` (1-based); `step` batches
 /// were trained so far, holding `tokens` completion tokens.
 struct Position {
@@ -81,7 +95,7 @@ class Trainer {
   void load_state(const std::string& path);
 
  private:
-  std::vector<size_t> order_of(int64_t epoch) const;
+  const std::vector<size_t>& order_of(int64_t epoch) const;
 
   std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model_;
   TrainOptions o_;

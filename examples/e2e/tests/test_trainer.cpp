@@ -61,6 +61,21 @@ std::vector<torch::Tensor> trainable(const gpt2::GPT2LMHeadModelImpl& model) {
 }
 
 
+/// Trains `t` on `data` for `n` more batches, or to the end when n < 0.
+void train(e2e::Trainer& t, const std::vector<e2e::Example>& data, int n = -1) {
+  for (int i = 0; (n < 0 || i < n) && !t.done(); ++i) t.step(e2e::make_batch(data, t.next_indices()));
+}
+
+/// A fresh tiny model, resumed from the trainer state `file` and trained to the end.
+std::shared_ptr<gpt2::GPT2LMHeadModelImpl> resumed_to_end(const std::string& file, const e2e::TrainOptions& o,
+                                                          const std::vector<e2e::Example>& data) {
+  auto model = tiny_model();
+  e2e::Trainer t(model, o, data.size());
+  t.load_state(file);
+  train(t, data);
+  return model;
+}
+
 /// Every trainable tensor of `a` equals `b`'s bit for bit.
 void expect_same_trainables(const gpt2::GPT2LMHeadModelImpl& a, const gpt2::GPT2LMHeadModelImpl& b) {
   const auto pa = trainable(a), pb = trainable(b);
@@ -144,26 +159,22 @@ TEST(E2ETrainer, GradientAccumulationResumesAndEndsWithAnOptimizerStep) {
   o.grad_accum = 2;
   auto straight = tiny_model();
   e2e::Trainer a(straight, o, data.size());
-  while (!a.done()) a.step(e2e::make_batch(data, a.next_indices()));
+  train(a, data);
   const auto file = temp_file("accum.pt");
   {
     e2e::Trainer b(tiny_model(), o, data.size());
-    b.step(e2e::make_batch(data, b.next_indices()));
+    train(b, data, 1);
     EXPECT_TRUE(b.accumulating());
     EXPECT_NE(error_of([&] { b.save_state(file); }).find("still being accumulated"), std::string::npos);
-    for (int i = 0; i < 5; ++i) b.step(e2e::make_batch(data, b.next_indices()));  // 6 steps: epoch 2, batch 2
+    train(b, data, 5);  // 6 steps: epoch 2, batch 2
     EXPECT_FALSE(b.accumulating());
     b.save_state(file);
   }
-  auto resumed = tiny_model();
-  e2e::Trainer c(resumed, o, data.size());
-  c.load_state(file);
-  while (!c.done()) c.step(e2e::make_batch(data, c.next_indices()));
-  expect_same_trainables(*straight, *resumed);
+  expect_same_trainables(*straight, *resumed_to_end(file, o, data));
   // A step budget that ends inside an accumulation window still ends with an optimizer step.
   o.max_steps = 3;
   e2e::Trainer d(tiny_model(), o, data.size());
-  while (!d.done()) d.step(e2e::make_batch(data, d.next_indices()));
+  train(d, data);
   EXPECT_FALSE(d.accumulating());
   d.save_state(file);
   fs::remove(file);
@@ -177,18 +188,14 @@ TEST(E2ETrainer, FullFineTuningResumesToo) {
   auto straight = tiny_model();
   e2e::Trainer a(straight, o, data.size());
   EXPECT_EQ(a.trainable_count(), a.parameter_count());
-  while (!a.done()) a.step(e2e::make_batch(data, a.next_indices()));
+  train(a, data);
   const auto file = temp_file("full.pt");
   {
     e2e::Trainer b(tiny_model(), o, data.size());
-    for (int i = 0; i < 3; ++i) b.step(e2e::make_batch(data, b.next_indices()));
+    train(b, data, 3);
     b.save_state(file);
   }
-  auto resumed = tiny_model();
-  e2e::Trainer c(resumed, o, data.size());
-  c.load_state(file);
-  while (!c.done()) c.step(e2e::make_batch(data, c.next_indices()));
-  expect_same_trainables(*straight, *resumed);
+  expect_same_trainables(*straight, *resumed_to_end(file, o, data));
   fs::remove(file);
 }
 
@@ -197,7 +204,7 @@ TEST(E2ETrainer, StateOfAnotherRunIsRefusedWithTheOptionThatDiffers) {
   const auto file = temp_file("other.pt");
   {
     e2e::Trainer t(tiny_model(), options(), data.size());
-    t.step(e2e::make_batch(data, t.next_indices()));
+    train(t, data, 1);
     t.save_state(file);
   }
   auto o = options();

@@ -2,8 +2,9 @@
 // against a float64 forward written separately; KV cache, padding, generation, save/load, errors.
 #include <gtest/gtest.h>
 
-#include "generate.hpp"
+#include "../../../tests/common.hpp"  // lora_test::Seeded, lora_test::remove_tree
 #include "../../test_util.hpp"
+#include "generate.hpp"
 #include "model.hpp"
 
 #include <filesystem>
@@ -16,11 +17,6 @@ namespace {
 using example_test::error_of;
 
 constexpr int64_t kVocab = 50, kPos = 32, kEmbd = 16, kLayer = 2, kHead = 4;
-
-class Seeded : public ::testing::Test {
- protected:
-  void SetUp() override { torch::manual_seed(0); }
-};
 
 /// HF tensors of a random GPT-2 (Conv1D weights [in, out]); keys without "transformer.".
 lora::NamedTensors random_hf_tensors() {
@@ -56,7 +52,7 @@ std::string config_json(const std::string& activation = "gelu_new") {
 
 fs::path write_checkpoint(const std::string& name, const lora::NamedTensors& tensors, const std::string& config = config_json()) {
   auto dir = fs::temp_directory_path() / ("gpt2_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  lora_test::remove_tree(dir.string());
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << config;
   lora::save_safetensors((dir / "model.safetensors").string(), tensors);
@@ -96,10 +92,10 @@ double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
 
 }  // namespace
 
-class Gpt2Test : public Seeded {
+class Gpt2Test : public lora_test::Seeded {
  protected:
   void SetUp() override {
-    Seeded::SetUp();
+    lora_test::Seeded::SetUp();
     tensors = random_hf_tensors();
     dir = write_checkpoint("base", tensors);
     model = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
