@@ -51,6 +51,9 @@ TEST_F(LoRAEmbeddingTest, MergeUnmergeRoundTrip) {
   auto ids = torch::randint(0, 9, {6});
   auto before = layer(ids);
   lora::merge(*layer);
+  // Training through a merged adapter would train nothing: refused, as for LoRALinear.
+  EXPECT_NE(error_of<std::logic_error>([&] { layer(ids); }).find("is merged into the weight"), std::string::npos);
+  layer->eval();
   EXPECT_LT(rel_err(layer(ids), before), 1e-6);
   lora::unmerge(*layer);
   EXPECT_TRUE(torch::equal(layer->weight, E0));

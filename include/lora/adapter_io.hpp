@@ -105,12 +105,6 @@ inline void write_text(const std::string& path, const std::string& text) {
   safetensors::atomic_write(path, [&](std::FILE* f) { safetensors::write_bytes(f, text.data(), text.size(), path); });
 }
 
-inline std::string shape_str(torch::IntArrayRef s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 /// LoRA layers of the model by path, in model order.
 inline std::vector<std::pair<std::string, LoRALayer*>> lora_layers(torch::nn::Module& model) {
   std::vector<std::pair<std::string, LoRALayer*>> out;

@@ -70,17 +70,22 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
     torch::Tensor result = torch::nn::functional::detail::embedding(
         input, weight, options.padding_idx(), options.max_norm(), options.norm_type(),
         options.scale_grad_by_freq(), options.sparse());
-    torch::Tensor out2d;
+    // The update is added out of place: an in-place add into a view of `result` would make
+    // autograd clone the whole output gradient (CopySlices) in the backward.
+    torch::Tensor update;
     for (const auto& name : active_) {
-      if (is_merged(name)) continue;
-      if (!out2d.defined()) out2d = result.view({-1, options.embedding_dim()});
+      if (is_merged(name)) {
+        check_not_training_merged(name);
+        continue;
+      }
       const torch::Tensor& A = lora_A(name);  // [r, num]
       const int64_t pad = options.padding_idx() ? *options.padding_idx() : -1;
       torch::Tensor rows = torch::embedding(A.t(), input.reshape({-1}), pad, options.scale_grad_by_freq());
-      torch::Tensor update = torch::mm(rows.mul_(scaling(name)), lora_B(name).t());
-      out2d.add_(update.to(out2d.scalar_type()));
+      torch::Tensor u = torch::mm(rows.mul_(scaling(name)), lora_B(name).t());
+      update = update.defined() ? update + u : u;
     }
-    return result;
+    if (!update.defined()) return result;
+    return result + update.view(result.sizes()).to(result.scalar_type());
   }
 
   torch::Tensor delta_weight(const std::string& name) override {

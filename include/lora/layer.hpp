@@ -207,6 +207,13 @@ class LoRALayer {
 
 namespace detail {
 
+/// "[2304,8]": a shape as error messages print it.
+inline std::string shape_str(torch::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
 /// Shared Module plumbing for LoRA layers: `clone()` and `to()` overrides that
 /// keep requires_grad flags and the saved unmerged weight, and the adapter dicts.
 template <class Derived>
@@ -266,6 +273,15 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
     B->to(device, dtype);
     A_->update({{name, A.ptr()}});
     B_->update({{name, B.ptr()}});
+  }
+
+  /// A forward in training mode, with gradients on, through a merged trainable adapter would
+  /// train nothing (the adapter is inside W0): every LoRA layer refuses it.
+  void check_not_training_merged(const std::string& name) {
+    if (this->is_training() && torch::GradMode::is_enabled() && lora_A(name).requires_grad())
+      throw std::logic_error(describe() + ": adapter '" + name +
+                             "' is merged into the weight, so training it now would give it no gradient; "
+                             "call lora::unmerge(model) before training, or eval() for inference");
   }
 
   torch::nn::ModuleDict& dict_A() override { return A_; }

@@ -3,6 +3,7 @@
 /// `lora::LoRALinear`: a drop-in for `torch::nn::Linear` that can carry adapters.
 
 #include <lora/layer.hpp>
+#include <lora/linear_function.hpp>
 
 #include <ostream>
 
@@ -106,26 +107,31 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
     }
   }
 
+  /// y = x W0ᵀ + b + Σ_active s · dropout(x) Aᵀ Bᵀ (merged adapters are already in W0).
+  /// With adapters, one autograd node computes it (linear_function.hpp): the backward does
+  /// the adapter's arithmetic only and keeps x, h = dropout(x)·Aᵀ and a dropout seed or mask.
   torch::Tensor forward(const torch::Tensor& input) {
-    torch::Tensor result = torch::nn::functional::linear(input, weight, bias);
-    if (active_.empty()) return result;
-    torch::Tensor x2d, out2d;
+    detail::LinearPlan plan;
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> adapters;
     for (const auto& name : active_) {
       if (is_merged(name)) {
         check_not_training_merged(name);
         continue;
       }
-      if (!out2d.defined()) {
-        out2d = result.view({-1, options.out_features()});
-        x2d = input.reshape({-1, options.in_features()});
-      }
       const auto& o = options_.at(name);
-      const torch::Tensor& A = lora_A(name);
-      torch::Tensor x = x2d.scalar_type() == A.scalar_type() ? x2d : x2d.to(A.scalar_type());
-      if (o.dropout() > 0.0 && is_training()) x = torch::dropout(x, o.dropout(), /*train=*/true);
-      detail::add_lora_update(out2d, x, A, lora_B(name), o.scaling(), o.enable());
+      plan.terms.push_back({o.scaling(), o.dropout(), o.enable()});
+      adapters.emplace_back(lora_A(name), lora_B(name));
     }
-    return result;
+    if (adapters.empty()) return torch::nn::functional::linear(input, weight, bias);
+    if (input.dim() == 0 || input.size(-1) != options.in_features())
+      throw std::invalid_argument(describe() + ": input of shape " + detail::shape_str(input.sizes()) + " does not end in in_features=" +
+                                  std::to_string(options.in_features()));
+    plan.has_bias = bias.defined();
+    plan.train = is_training();
+    torch::Tensor y = detail::lora_linear(input.reshape({-1, options.in_features()}), weight, bias, adapters, plan);
+    auto sizes = input.sizes().vec();
+    sizes.back() = options.out_features();
+    return y.view(sizes);
   }
 
   torch::Tensor delta_weight(const std::string& name) override {
@@ -188,13 +194,6 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   }
 
  private:
-  void check_not_training_merged(const std::string& name) {
-    if (is_training() && torch::GradMode::is_enabled() && lora_A(name).requires_grad())
-      throw std::logic_error(describe() + ": adapter '" + name +
-                             "' is merged into the weight, so training it now would give it no gradient; "
-                             "call lora::unmerge(model) before training, or eval() for inference");
-  }
-
   void print_adapters(std::ostream& stream) const {
     if (names_.empty()) return;
     stream << ", adapters=[";
