@@ -33,6 +33,26 @@ inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
   return (A - B).abs().max().item<double>() / std::max(B.abs().max().item<double>(), 1e-300);
 }
 
+/// Central finite differences (step 1e-6) of the scalar `loss()` with respect to every element
+/// of the float64 tensor `p`, which is perturbed in place and restored.
+template <class Loss>
+torch::Tensor numeric_gradient(torch::Tensor p, Loss&& loss) {
+  auto numeric = torch::zeros_like(p);
+  const double h = 1e-6;
+  torch::NoGradGuard no_grad;
+  auto flat = p.view({-1});
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double v = flat[i].item<double>();
+    flat[i] = v + h;
+    const double up = loss().template item<double>();
+    flat[i] = v - h;
+    const double down = loss().template item<double>();
+    flat[i] = v;
+    numeric.view({-1})[i] = (up - down) / (2 * h);
+  }
+  return numeric;
+}
+
 /// Runs `fn` and returns the message of the exception of type E it throws ("" if none).
 template <class E, class Fn>
 std::string error_of(Fn&& fn) {

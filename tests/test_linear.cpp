@@ -151,19 +151,7 @@ TEST_F(LoRALinearTest, GradientsOfAAndBEqualFiniteDifferences) {
   for (auto* name : {"A", "B"}) {
     torch::Tensor p = std::string(name) == "A" ? layer->lora_A("default") : layer->lora_B("default");
     auto analytic = p.grad().clone();
-    auto numeric = torch::zeros_like(p);
-    const double h = 1e-6;
-    torch::NoGradGuard no_grad;
-    auto flat = p.view({-1});
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double v = flat[i].item<double>();
-      flat[i] = v + h;
-      const double up = loss().item<double>();
-      flat[i] = v - h;
-      const double down = loss().item<double>();
-      flat[i] = v;
-      numeric.view({-1})[i] = (up - down) / (2 * h);
-    }
+    auto numeric = numeric_gradient(p, loss);
     EXPECT_LT(rel_err(analytic, numeric), 1e-7) << "gradient of " << name;
   }
 }
