@@ -120,8 +120,10 @@ TrainResult train(const TrainArgs& a) {
       save(a.out + "/epoch_" + std::to_string(epoch));
     }
   }
-  save(a.out + "/adapter");
-  std::cout << "saved " << a.out << "/adapter\n";
+  // The final result: a PEFT adapter folder (lora), or a whole HF model folder (full fine-tuning).
+  const std::string final_dir = a.out + (a.o.method == "lora" ? "/adapter" : "/model");
+  save(final_dir);
+  std::cout << "saved " << final_dir << "\n";
   result.steps = trainer.position().step - first_step;
   result.tokens = trainer.position().tokens - first_tokens;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -335,6 +337,12 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--lora-dropout", t.o.lora_dropout)->capture_default_str();
   train_cmd->add_option("--targets", t.o.targets, "module name suffix to adapt")->capture_default_str();
   train_cmd->add_option("--label-smoothing", t.o.label_smoothing)->capture_default_str();
+  train_cmd->add_option("--optimizer", t.o.optimizer,
+                        "reference: examples/NLG's AdamW (eps before bias correction, decay after the update); torch: LibTorch's AdamW")
+      ->check(CLI::IsMember({"reference", "torch"}))
+      ->capture_default_str();
+  train_cmd->add_flag("--model-dropout", t.o.model_dropout,
+                      "apply config.json's embd/attn/resid dropout (off: the reference model has none; LoRA dropout is --lora-dropout)");
   train_cmd->add_option("--clip", t.o.clip, "gradient-norm clipping (0: off, as in the paper)")->capture_default_str();
   train_cmd->add_option("--seed", t.o.seed)->capture_default_str();
   train_cmd->add_option("--max-len", t.max_len)->capture_default_str();

@@ -1,4 +1,5 @@
 #include "trainer.hpp"
+#include "optimizer.hpp"
 
 #include <lora/lora.hpp>
 
@@ -111,6 +112,8 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
   if (o_.dtype != "fp32" && o_.dtype != "bf16") throw std::invalid_argument("--dtype must be fp32 or bf16, got '" + o_.dtype + "'");
   if (o_.dtype == "bf16" && !device_.is_cuda())
     throw std::invalid_argument("--dtype bf16 is bf16 autocast on CUDA: use it with --device cuda (fp32 on the CPU)");
+  if (o_.optimizer != "reference" && o_.optimizer != "torch")
+    throw std::invalid_argument("--optimizer must be reference or torch, got '" + o_.optimizer + "'");
   if (o_.batch_size < 1 || o_.grad_accum < 1 || o_.epochs < 1)
     throw std::invalid_argument("--batch-size, --grad-accum and --epochs must be at least 1");
   if (num_examples_ == 0) throw std::invalid_argument("no training examples");
@@ -123,6 +126,7 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
   } else {
     throw std::invalid_argument("--method must be lora or full, got '" + o_.method + "'");
   }
+  if (!o_.model_dropout) model_->set_dropout(0.0, 0.0, 0.0);
   model_->to(device_);
   std::vector<torch::Tensor> params;
   for (const auto& item : model_->named_parameters())
@@ -130,8 +134,11 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
       trainable_.emplace_back(item.key(), item.value());
       params.push_back(item.value());
     }
-  opt_ = std::make_unique<torch::optim::AdamW>(
-      params, torch::optim::AdamWOptions(o_.lr).weight_decay(o_.weight_decay).betas({0.9, 0.999}).eps(1e-6));
+  const auto adamw = torch::optim::AdamWOptions(o_.lr).weight_decay(o_.weight_decay).betas({0.9, 0.999}).eps(1e-6);
+  if (o_.optimizer == "reference")
+    opt_ = std::make_unique<ReferenceAdamW>(params, adamw);
+  else
+    opt_ = std::make_unique<torch::optim::AdamW>(params, adamw);
   per_epoch_ = (static_cast<int64_t>(num_examples_) + o_.batch_size - 1) / o_.batch_size;
   total_steps_ = per_epoch_ * o_.epochs;
   if (o_.max_steps > 0) total_steps_ = std::min(total_steps_, o_.max_steps);
@@ -149,8 +156,8 @@ int64_t Trainer::parameter_count() const {
   return n;
 }
 
-double Trainer::lr_at(int64_t step) const {  // linear warm-up, then linear decay to 0 (the paper's schedule)
-  if (step < o_.warmup) return o_.lr * double(step + 1) / double(o_.warmup);
+double Trainer::lr_at(int64_t step) const {  // examples/NLG's get_linear_schedule_with_warmup
+  if (step < o_.warmup) return o_.lr * double(step) / double(std::max<int64_t>(1, o_.warmup));
   return o_.lr * std::max(0.0, double(total_steps_ - step) / double(std::max<int64_t>(1, total_steps_ - o_.warmup)));
 }
 
@@ -211,6 +218,7 @@ void Trainer::save_state(const std::string& file) const {
   torch::serialize::OutputArchive archive;
   archive.write("format", scalar(kStateFormat));
   archive.write("method", c10::IValue(o_.method));
+  archive.write("update_rule", c10::IValue(o_.optimizer));
   for (const auto& [key, v] : {std::pair<const char*, int64_t>{"epoch", pos_.epoch}, {"batch", pos_.batch}, {"step", pos_.step},
                                {"tokens", pos_.tokens}, {"seed", o_.seed}, {"batch_size", o_.batch_size},
                                {"grad_accum", o_.grad_accum}, {"examples", static_cast<int64_t>(num_examples_)},
@@ -255,6 +263,11 @@ void Trainer::load_state(const std::string& path) {
   if (method.toStringRef() != o_.method)
     throw std::runtime_error("trainer state '" + file + "' was saved by a --method " + method.toStringRef() +
                              " run; this run is --method " + o_.method);
+  c10::IValue optimizer("torch");  // states written before --optimizer existed used LibTorch's AdamW
+  archive.try_read("update_rule", optimizer);
+  if (optimizer.toStringRef() != o_.optimizer)
+    throw std::runtime_error("trainer state '" + file + "' was saved by a --optimizer " + optimizer.toStringRef() +
+                             " run; this run is --optimizer " + o_.optimizer);
   const std::pair<const char*, int64_t> must_match[] = {{"seed", o_.seed},
                                                         {"batch_size", o_.batch_size},
                                                         {"grad_accum", o_.grad_accum},

@@ -12,7 +12,8 @@
 
 namespace e2e {
 
-/// The recipe of Hu et al. (2021), microsoft/LoRA examples/NLG, as defaults.
+/// The recipe of Hu et al. (2021) as microsoft/LoRA examples/NLG trains it (gpt2_ft.py with its
+/// README's command), as defaults.
 struct TrainOptions {
   std::string method = "lora";    ///< "lora" or "full" (full fine-tuning, the paper's FT baseline)
   std::string targets = "c_attn";  ///< module-name suffix to adapt
@@ -21,6 +22,10 @@ struct TrainOptions {
   double alpha = 32, lora_dropout = 0.1;
   double lr = 2e-4, weight_decay = 0.01, label_smoothing = 0.1, clip = 0;  ///< clip 0: off, as in the paper
   int64_t warmup = 500;        ///< linear warm-up steps, then linear decay to 0
+  /// "reference": examples/NLG's AdamW (--correct_bias; e2e::ReferenceAdamW); "torch": LibTorch's AdamW.
+  std::string optimizer = "reference";
+  /// Apply config.json's embd/attn/resid dropout in training. Off: the reference model has none.
+  bool model_dropout = false;
   int64_t epochs = 5, batch_size = 8, grad_accum = 1, max_steps = 0;  ///< max_steps 0: all epochs
   int64_t pad_to = 0;          ///< pad each batch to this length (0: to the batch's own longest)
   int64_t seed = 110;
@@ -48,9 +53,10 @@ struct Position {
   int64_t epoch = 1, batch = 0, step = 0, tokens = 0;
 };
 
-/// Trains a GPT2LMHeadModel on encoded E2E examples: AdamW (eps 1e-6), linear schedule, the
-/// reference label-smoothed loss over completion tokens, optional gradient accumulation and
-/// clipping, bf16 autocast on CUDA. Each epoch visits the examples in a shuffle seeded by
+/// Trains a GPT2LMHeadModel on encoded E2E examples as the reference code does: its AdamW (eps
+/// 1e-6, bias correction, decay after the update), the schedule stepped after every batch (update
+/// k uses lr·k/warmup, then lr·(T−k)/(T−warmup)), no dropout inside the model, the label-smoothed
+/// loss over completion tokens; optional gradient accumulation and clipping, bf16 autocast on CUDA. Each epoch visits the examples in a shuffle seeded by
 /// (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
 ///
 /// Example:
@@ -77,7 +83,8 @@ class Trainer {
   /// no state can be saved then.
   bool accumulating() const { return accumulating_; }
 
-  /// The learning rate of step `step` (0-based).
+  /// The learning rate of step `step` (0-based): the reference's LambdaLR, which is stepped after
+  /// each batch, so step 0 runs at lr 0.
   double lr_at(int64_t step) const;
   int64_t steps_per_epoch() const { return per_epoch_; }
   int64_t total_steps() const { return total_steps_; }

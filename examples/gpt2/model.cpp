@@ -295,6 +295,20 @@ void GPT2LMHeadModelImpl::save_pretrained(const std::string& dir) const {
   lora::safetensors::atomic_write(path, [&](std::FILE* f) { lora::safetensors::write_bytes(f, json.data(), json.size(), path); });
 }
 
+void GPT2LMHeadModelImpl::set_dropout(double embd, double attn, double resid) {
+  for (double p : {embd, attn, resid})
+    if (p < 0.0 || p >= 1.0) throw std::invalid_argument("gpt2: dropout probabilities must be in [0, 1), got " + std::to_string(p));
+  config.embd_pdrop = embd;
+  config.attn_pdrop = attn;
+  config.resid_pdrop = resid;
+  for (const auto& block : *transformer->h) {
+    auto* b = block->as<BlockImpl>();
+    b->attn->attn_pdrop = attn;
+    b->attn->resid_pdrop = resid;
+    b->mlp->resid_pdrop = resid;
+  }
+}
+
 lora::LoRAConfig paper_lora_config() {
   return lora::LoRAConfig().r(4).alpha(32).dropout(0.1).target_modules({"c_attn"}).enable_lora({{"c_attn", {true, false, true}}});
 }

@@ -98,6 +98,11 @@ struct GPT2LMHeadModelImpl : torch::nn::Module {
   /// by transformers; after lora::merge_and_unload this deploys a fine-tuned model.
   void save_pretrained(const std::string& dir) const;
 
+  /// Sets the dropout probabilities used in training mode: after the embeddings, on the attention
+  /// weights, and on each residual branch (config.json's embd_pdrop, attn_pdrop, resid_pdrop).
+  /// 0, 0, 0 is GPT-2 as microsoft/LoRA's examples/NLG trains it (its model has no dropout).
+  void set_dropout(double embd, double attn, double resid);
+
   Config config;
   Transformer transformer{nullptr};
 };

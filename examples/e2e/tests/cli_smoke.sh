@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gpt2-e2e end to end on a tiny random GPT-2: init -> train 5 steps -> generate 3 MRs -> score
-# -> eval -> export, checking files and exit codes; then bad inputs must fail with one error line.
+# -> eval -> export; full fine-tuning to model/, checking files and exit codes; then bad inputs must fail with one error line.
 set -euo pipefail
 bin=$1
 data=${LORA_E2E_DIR:-$LORA_SOURCE_DIR/../shared/data/e2e}
@@ -22,6 +22,12 @@ for f in config.json model.safetensors vocab.json merges.txt; do test -f "$work/
 "$bin" train --model "$work/model" --data "$work/data" --out "$work/run" --max-steps 5 --batch-size 4 --warmup 2 --log-every 1
 for f in adapter/adapter_model.safetensors adapter/adapter_config.json epoch_1/adapter_config.json train_log.csv; do test -f "$work/run/$f"; done
 [ "$(wc -l < "$work/run/train_log.csv")" -eq 6 ]  # header + 5 steps
+
+# Full fine-tuning ends in a whole model folder (HF layout), named model/, with the torch optimizer too.
+"$bin" train --model "$work/model" --data "$work/data" --out "$work/full" --method full --optimizer torch --max-steps 2 \
+  --batch-size 4 --warmup 1 --model-dropout
+for f in model/config.json model/model.safetensors model/trainer_state.pt; do test -f "$work/full/$f"; done
+test ! -e "$work/full/adapter"
 
 "$bin" generate --model "$work/model" --adapter "$work/run/adapter" --data "$work/data/test.txt" --out "$work/gen" \
   --limit 3 --beam 2 --max-new-tokens 8

@@ -1,6 +1,7 @@
 // The training loop: schedule, exact resume from a trainer state, option checks, bf16 autocast.
 #include <gtest/gtest.h>
 
+#include "optimizer.hpp"
 #include "trainer.hpp"
 #include "../../test_util.hpp"
 
@@ -97,8 +98,10 @@ TEST(E2ETrainer, ScheduleIsLinearWarmUpThenLinearDecayToZero) {
   e2e::Trainer t(tiny_model(), o, 10);  // 4 batches per epoch (the last one short), 12 steps
   ASSERT_EQ(t.steps_per_epoch(), 4);
   ASSERT_EQ(t.total_steps(), 12);
+  EXPECT_EQ(t.lr_at(0), 0.0);
   for (int64_t s = 0; s < 12; ++s) {
-    const double expected = s < 3 ? 1e-2 * (s + 1) / 3.0 : 1e-2 * (12.0 - s) / 9.0;
+    // examples/NLG's LambdaLR, stepped after each batch: the first update runs at lr 0.
+    const double expected = s < 3 ? 1e-2 * s / 3.0 : 1e-2 * (12.0 - s) / 9.0;
     EXPECT_NEAR(t.lr_at(s), expected, 1e-15) << "step " << s;
   }
 }
@@ -269,4 +272,171 @@ TEST(E2ETrainer, Bf16AutocastOnCudaTracksFp32) {
     EXPECT_TRUE(p.is_cuda());
     EXPECT_GT(p.abs().max().item<double>(), 0.0);  // B moved off zero: the bf16 gradients arrived
   }
+}
+
+// ---- the recipe's trajectory against float64 formulas ------------------------------------------
+
+namespace {
+
+/// The trainer's steps recomputed in float64 on plain tensors: a float64 copy of the model gives
+/// the gradients of the reference loss; the schedule and the update rule are the formulas of
+/// examples/NLG (optimizer "reference") or of PyTorch's AdamW ("torch").
+class Float64Recipe {
+ public:
+  Float64Recipe(const gpt2::GPT2LMHeadModelImpl& trained, const e2e::TrainOptions& o, int64_t total_steps)
+      : o_(o), total_(total_steps) {
+    model_ = tiny_model();
+    if (o.method == "lora")
+      lora::inject_lora(*model_, lora::LoRAConfig().r(o.rank).alpha(o.alpha).target_modules({"c_attn"}).enable_lora(
+                                     {{"c_attn", {true, false, true}}}));
+    model_->set_dropout(0, 0, 0);  // the reference GPT-2 has no dropout; lora_dropout is 0 in these runs
+    const auto src = trained.named_parameters();
+    torch::NoGradGuard no_grad;
+    for (auto& item : model_->named_parameters()) {
+      item.value().copy_(src[item.key()]);
+      item.value().set_requires_grad(src[item.key()].requires_grad());
+    }
+    model_->to(torch::kDouble);
+    for (auto& item : model_->named_parameters())
+      if (item.value().requires_grad()) {
+        names_.push_back(item.key());
+        params_.push_back(item.value());
+        m_.push_back(torch::zeros_like(item.value()));
+        v_.push_back(torch::zeros_like(item.value()));
+      }
+  }
+
+  double lr(int64_t k) const {
+    if (k < o_.warmup) return o_.lr * double(k) / double(o_.warmup);
+    return o_.lr * std::max(0.0, double(total_ - k) / double(total_ - o_.warmup));
+  }
+
+  void step(const e2e::Batch& batch) {
+    model_->train();
+    for (auto& p : params_) p.mutable_grad() = torch::Tensor();
+    auto [sums, counts] = e2e::completion_loss(*model_, batch, o_.label_smoothing);
+    (sums.sum() / (counts.sum() + 1e-4)).backward();
+    const double lr_k = lr(k_++), b1 = 0.9, b2 = 0.999, eps = 1e-6, wd = o_.weight_decay;
+    ++t_;
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      auto& p = params_[i];
+      const auto g = p.grad();
+      if (o_.optimizer == "torch") p.mul_(1 - lr_k * wd);  // PyTorch: decay first
+      m_[i] = b1 * m_[i] + (1 - b1) * g;
+      v_[i] = b2 * v_[i] + (1 - b2) * g * g;
+      const double bc1 = 1 - std::pow(b1, t_), bc2 = 1 - std::pow(b2, t_);
+      if (o_.optimizer == "torch") {
+        p.sub_(lr_k / bc1 * m_[i] / (v_[i].sqrt() / std::sqrt(bc2) + eps));
+      } else {  // examples/NLG: eps before the bias correction, decay after the update
+        p.sub_(lr_k * std::sqrt(bc2) / bc1 * m_[i] / (v_[i].sqrt() + eps));
+        p.sub_(lr_k * wd * p);
+      }
+    }
+  }
+
+  const std::vector<std::string>& names() const { return names_; }
+  const std::vector<torch::Tensor>& params() const { return params_; }
+
+ private:
+  e2e::TrainOptions o_;
+  int64_t total_, k_ = 0, t_ = 0;
+  std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model_;
+  std::vector<std::string> names_;
+  std::vector<torch::Tensor> params_, m_, v_;
+};
+
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto A = a.detach().to(torch::kDouble), B = b.detach().to(torch::kDouble);
+  return (A - B).abs().max().item<double>() / std::max(B.abs().max().item<double>(), 1e-300);
+}
+
+}  // namespace
+
+class E2ETrainerTrajectory : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(E2ETrainerTrajectory, EveryTrainableTensorFollowsTheFloat64Recipe) {
+  const auto& [method, optimizer] = GetParam();
+  const auto data = examples(10);
+  auto o = options();
+  o.method = method;
+  o.optimizer = optimizer;
+  o.lora_dropout = 0;
+  o.lr = method == "full" ? 1e-3 : 1e-2;
+  auto model = tiny_model();
+  e2e::Trainer trainer(model, o, data.size());
+  Float64Recipe ref(*model, o, trainer.total_steps());
+  ASSERT_EQ(trainer.total_steps(), 8);
+  // Training mode must be deterministic: no dropout inside the model by default.
+  for (int k = 0; k < trainer.total_steps(); ++k) {
+    const auto batch = e2e::make_batch(data, trainer.next_indices());
+    trainer.step(batch);
+    ref.step(batch);
+  }
+  const auto now = model->named_parameters();
+  double worst = 0;
+  for (size_t i = 0; i < ref.names().size(); ++i) {
+    const double err = rel_err(now[ref.names()[i]], ref.params()[i]);
+    worst = std::max(worst, err);
+    EXPECT_LT(err, 1e-5) << ref.names()[i];
+  }
+  std::cout << "[ trajectory ] " << method << "/" << optimizer << ": " << ref.names().size()
+            << " tensors, worst relative difference " << worst << "\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(MethodsAndOptimizers, E2ETrainerTrajectory,
+                         ::testing::Values(std::make_pair(std::string("lora"), std::string("reference")),
+                                           std::make_pair(std::string("full"), std::string("reference")),
+                                           std::make_pair(std::string("lora"), std::string("torch")),
+                                           std::make_pair(std::string("full"), std::string("torch"))),
+                         [](const auto& info) { return info.param.first + "_" + info.param.second; });
+
+TEST(E2ETrainer, ReferenceAndTorchAdamWTakeDifferentSteps) {
+  // One parameter, a gradient near eps: the reference rule's eps (before bias correction) damps the
+  // first steps far more than PyTorch's; both are checked against their closed forms at t = 1.
+  for (const std::string which : {"reference", "torch"}) {
+    auto p = torch::ones({1}, torch::kDouble).requires_grad_(true);
+    const auto adamw = torch::optim::AdamWOptions(0.1).betas({0.9, 0.999}).eps(1e-6).weight_decay(0.5);
+    std::unique_ptr<torch::optim::AdamW> opt = which == "reference"
+                                                   ? std::make_unique<e2e::ReferenceAdamW>(std::vector<torch::Tensor>{p}, adamw)
+                                                   : std::make_unique<torch::optim::AdamW>(std::vector<torch::Tensor>{p}, adamw);
+    p.mutable_grad() = torch::full({1}, 1e-6, torch::kDouble);
+    opt->step();
+    const double g = 1e-6, lr = 0.1, wd = 0.5;
+    // t = 1: m = 0.1 g, v = 0.001 g²; reference: p = (1 − lr·√0.001/0.1 · 0.1g/(√0.001·g + eps))·(1 − lr·wd)
+    const double ref = (1 - lr * std::sqrt(0.001) / 0.1 * (0.1 * g) / (std::sqrt(0.001) * g + 1e-6)) * (1 - lr * wd);
+    // torch: p = (1 − lr·wd) − lr/0.1 · 0.1g / (√(0.001g²)/√0.001 + eps)
+    const double tor = (1 - lr * wd) - lr / 0.1 * (0.1 * g) / (g + 1e-6);
+    EXPECT_NEAR(p.item<double>(), which == "reference" ? ref : tor, 1e-12) << which;
+  }
+}
+
+TEST(E2ETrainer, ModelDropoutIsOffUnlessAsked) {
+  const auto data = examples(4);
+  const auto batch = e2e::make_batch(data, {0, 1, 2, 3});
+  for (const bool model_dropout : {false, true}) {
+    auto o = options();
+    o.lora_dropout = 0;
+    o.model_dropout = model_dropout;
+    auto model = tiny_model();  // config dropout 0.1 everywhere, as the hub's GPT-2
+    e2e::Trainer trainer(model, o, data.size());
+    model->train();
+    torch::NoGradGuard no_grad;
+    const auto a = model->forward(batch.input), b = model->forward(batch.input);
+    EXPECT_EQ(torch::equal(a, b), !model_dropout) << "model_dropout " << model_dropout;
+  }
+}
+
+TEST(E2ETrainer, StateOfTheOtherOptimizerIsRefused) {
+  const auto data = examples(10);
+  auto o = options();
+  e2e::Trainer a(tiny_model(), o, data.size());
+  train(a, data, 2);
+  const auto file = temp_file("optimizer.pt");
+  a.save_state(file);
+  o.optimizer = "torch";
+  e2e::Trainer b(tiny_model(), o, data.size());
+  const auto msg = error_of([&] { b.load_state(file); });
+  EXPECT_NE(msg.find("saved by a --optimizer reference run; this run is --optimizer torch"), std::string::npos) << msg;
+  fs::remove(file);
 }
