@@ -320,3 +320,26 @@ TEST_F(AdapterFileTest, NativeArchiveRoundTripAndStrictness) {
   msg = error_of<std::runtime_error>([&] { lora::load_lora_state(*fresh, path); });
   EXPECT_NE(msg.find("is not a LibTorch archive"), std::string::npos) << msg;
 }
+
+TEST_F(AdapterFileTest, RegexInjectionSavesTargetsThatSelectExactlyTheAdaptedModules) {
+  // One selector serves inject_lora, save_adapter's shortening of target_modules and load_adapter.
+  Gpt m;
+  const auto report = lora::inject_lora(*m, lora::LoRAConfig().r(2).init(lora::Init::Random).target_regex(R"(.*\.h\.1\..*c_(attn|fc))"));
+  ASSERT_EQ(report.adapted, (std::vector<std::string>{"transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_fc"}));
+  const auto dir = temp_dir("regex_targets");
+  lora::save_adapter(*m, dir.string());
+  const auto cfg = read_json(dir / "adapter_config.json");
+  // Suffixes "c_attn"/"c_fc" would also select layer 0's modules: the file must list full names.
+  const lora::TargetSelector saved(cfg["target_modules"].get<std::vector<std::string>>(), "");
+  for (const auto& item : lora::detail::visible_modules(*m)) {
+    const bool adapted = std::find(report.adapted.begin(), report.adapted.end(), item.first) != report.adapted.end();
+    EXPECT_EQ(saved.selects(item.first), adapted) << item.first;
+  }
+  auto other = same_base(m);
+  lora::load_adapter(*other, dir.string());
+  auto ids = torch::randint(0, 11, {2, 5});
+  m->eval();
+  other->eval();
+  EXPECT_TRUE(torch::allclose(other->forward(ids), m->forward(ids)));
+  lora_test::remove_tree(dir.string());
+}

@@ -40,6 +40,22 @@ TEST_F(InjectTest, FullNameAndDottedSuffixButNotPartialWords) {
             (Names{"blocks.0.attn.o", "blocks.1.mlp.proj"}));
 }
 
+TEST_F(InjectTest, SuffixMatchingStopsAtDots) {
+  // "q" selects ".q" only, never a sibling "qq" nor a name that merely ends in the letter.
+  struct Siblings : torch::nn::Module {
+    Siblings() {
+      q = register_module("q", lora::LoRALinear(4, 4));
+      qq = register_module("qq", lora::LoRALinear(4, 4));
+      seq = register_module("seq", lora::LoRALinear(4, 4));
+    }
+    lora::LoRALinear q{nullptr}, qq{nullptr}, seq{nullptr};
+  };
+  Siblings m;
+  EXPECT_EQ(adapted_names(m, lora::LoRAConfig().target_modules({"q"})), (Names{"q"}));
+  Siblings m2;
+  EXPECT_EQ(adapted_names(m2, lora::LoRAConfig().target_modules({"qq"})), (Names{"qq"}));
+}
+
 TEST_F(InjectTest, RegexMustMatchTheWholeName) {
   TinyTransformer m;
   EXPECT_EQ(adapted_names(*m, lora::LoRAConfig().target_regex(R"(blocks\.\d\.attn\.[kv])")),
@@ -213,8 +229,61 @@ TEST_F(InjectTest, ConfigErrorsAreReported) {
   EXPECT_NE(error_of<E>([&] { lora::inject_lora(*m, lora::LoRAConfig()); }).find("no targets"), std::string::npos);
   EXPECT_NE(error_of<E>([&] { lora::inject_lora(*m, lora::LoRAConfig().r(0).target_modules({"q"})); }).find("r must be > 0"),
             std::string::npos);
-  EXPECT_NE(error_of<E>([&] { lora::inject_lora(*m, lora::LoRAConfig().target_regex("(")); }).find("target_regex '(' is invalid"),
+  EXPECT_NE(error_of<E>([&] { lora::inject_lora(*m, lora::LoRAConfig().target_regex("(")); }).find("target_regex (target_modules as one string) '(' is not a valid regex"),
             std::string::npos);
   EXPECT_NE(error_of<E>([&] { lora::inject_lora(*m, lora::LoRAConfig().target_modules({"q"}).dropout(1.5)); })
                 .find("module 'blocks.0.attn.q'"), std::string::npos);
+}
+
+TEST_F(InjectTest, TargetSelectorRulesAndTheirCombinations) {
+  using S = lora::TargetSelector;
+  const S names({"q", "mlp.fc"}, "");
+  EXPECT_TRUE(names.selects("blocks.0.attn.q"));
+  EXPECT_TRUE(names.selects("q"));
+  EXPECT_FALSE(names.selects("blocks.0.attn.qq"));
+  EXPECT_FALSE(names.selects("blocks.0.attn.seq"));
+  EXPECT_TRUE(names.selects("blocks.1.mlp.fc"));
+  EXPECT_FALSE(names.selects("blocks.1.xmlp.fc"));
+  std::vector<std::string> entries;
+  EXPECT_TRUE(names.matches_targets("blocks.1.mlp.fc", &entries));
+  EXPECT_EQ(entries, std::vector<std::string>{"mlp.fc"});
+
+  const S regex({}, R"(blocks\.\d\.attn\.[kv])");
+  EXPECT_TRUE(regex.is_regex());
+  EXPECT_TRUE(regex.selects("blocks.0.attn.k"));
+  EXPECT_FALSE(regex.selects("x.blocks.0.attn.k"));  // the whole path must match
+  EXPECT_FALSE(regex.selects("blocks.0.attn.kk"));
+
+  const S excluded({"q", "v"}, "", {"blocks.0.attn.v"});
+  EXPECT_FALSE(excluded.selects("blocks.0.attn.v"));
+  EXPECT_TRUE(excluded.selects("blocks.1.attn.v"));
+  const S regex_excluded({}, R"(.*\.[qv])", {"v"});
+  EXPECT_TRUE(regex_excluded.selects("blocks.3.attn.q"));
+  EXPECT_FALSE(regex_excluded.selects("blocks.3.attn.v"));
+
+  const S layers({"q"}, "", {}, {1, 3});
+  EXPECT_EQ(layers.layer_index("blocks.3.attn.q"), 3);
+  EXPECT_TRUE(layers.selects("blocks.3.attn.q"));
+  EXPECT_FALSE(layers.selects("blocks.2.attn.q"));
+  EXPECT_FALSE(layers.selects("q"));  // no layer index: not in the listed layers
+  const S pattern({"q"}, "", {}, {0}, "h");
+  EXPECT_EQ(pattern.layer_index("transformer.h.0.sub.7.q"), 0);  // the number after "h.", not the last one
+  EXPECT_TRUE(pattern.selects("transformer.h.0.sub.7.q"));
+  EXPECT_FALSE(pattern.selects("blocks.0.attn.q"));
+
+  using E = std::invalid_argument;
+  EXPECT_NE(error_of<E>([] { S({"q"}, "q"); }).find("not both"), std::string::npos);
+  EXPECT_NE(error_of<E>([] { S({}, "(unclosed"); }).find("target_regex (target_modules as one string) '(unclosed' is not a valid regex"), std::string::npos);
+  EXPECT_NE(error_of<E>([] { S({"q"}, "", {}, {}, "h"); }).find("layers_pattern is set but layers_to_transform is empty"),
+            std::string::npos);
+  EXPECT_TRUE(lora::KeyPattern("attn.q").matches("blocks.0.attn.q"));
+  EXPECT_FALSE(lora::KeyPattern("attn.q").matches("blocks.0.attn.qq"));
+}
+
+TEST_F(InjectTest, NamesAndRegexTogetherAreRefusedNotHalfIgnored) {
+  TinyTransformer m;
+  const auto msg = error_of<std::invalid_argument>(
+      [&] { lora::inject_lora(*m, lora::LoRAConfig().target_modules({"q"}).target_regex(R"(.*\.v)")); });
+  EXPECT_NE(msg.find("set target_modules (names) or target_regex, not both"), std::string::npos) << msg;
+  EXPECT_TRUE(lora::lora_parameters(*m).empty());
 }

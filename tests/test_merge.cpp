@@ -203,3 +203,38 @@ TEST_F(MergeTest, SwitchingTasksBySubtractingOneAdapterAndAddingAnother) {
   auto ref1 = reference_linear(x, W0, m->b->bias, m->b->lora_A("default"), m->b->lora_B("default"), 2.0);
   EXPECT_LT(rel_err(m->b(x), ref1), 1e-5);
 }
+
+TEST_F(MergeTest, SetAdapterChecksEveryLayerBeforeSwitchingAny) {
+  auto m = adapted_model();
+  lora::inject_lora(*m, lora::LoRAConfig().r(3).target_modules({"a", "b"}), "task2");
+  lora::set_adapter(*m, {"default"});
+  m->b->merge();  // only the second layer (in model order) is merged
+  const auto msg = error_of<std::logic_error>([&] { lora::set_adapter(*m, {"task2"}); });
+  EXPECT_NE(msg.find("module 'b': LoRALinear(in_features=12, out_features=6): cannot switch adapters while merged"),
+            std::string::npos) << msg;
+  EXPECT_EQ(m->a->active_adapters(), std::vector<std::string>{"default"}) << "layer a was switched before b failed";
+  EXPECT_EQ(m->b->active_adapters(), std::vector<std::string>{"default"});
+}
+
+TEST_F(MergeTest, ErrorsNamedAfterTheirModuleKeepTheirExceptionType) {
+  using lora::detail::at_module;
+  auto message = [](auto&& fn) {
+    try {
+      fn();
+    } catch (const std::out_of_range& e) {
+      return std::string("out_of_range: ") + e.what();
+    } catch (const std::overflow_error& e) {
+      return std::string("overflow_error: ") + e.what();
+    } catch (const c10::Error& e) {
+      return std::string("c10::Error: ") + e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      return std::string("other: ") + e.what();
+    }
+    return std::string("nothing thrown");
+  };
+  EXPECT_EQ(message([] { at_module("blocks.0.q", [] { throw std::out_of_range("index 9"); }); }),
+            "out_of_range: module 'blocks.0.q': index 9");
+  EXPECT_EQ(message([] { at_module("", [] { throw std::overflow_error("too big"); }); }),
+            "overflow_error: module '<root>': too big");
+  EXPECT_EQ(message([] { at_module("x", [] { TORCH_CHECK(false, "torch says no"); }); }).rfind("c10::Error: torch says no", 0), 0u);
+}

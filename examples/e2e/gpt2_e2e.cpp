@@ -3,6 +3,7 @@
 
 #include "data.hpp"
 #include "generate.hpp"
+#include "hub.hpp"
 #include "model.hpp"
 #include "scorer.hpp"
 #include "tokenizer.hpp"
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <sstream>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -29,7 +31,25 @@ struct Fail : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-gpt2::Tokenizer tokenizer_of(const std::string& model_dir) {
+/// A number as a person writes it: 0.0002 -> "0.0002", 32 -> "32".
+std::string fmt_num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+/// --model values: a folder, or a hub model id found in the local HuggingFace cache (gpt2/hub.hpp).
+std::string model_folder(const std::string& name_or_path) {
+  if (fs::is_directory(name_or_path)) return name_or_path;
+  try {
+    return gpt2::resolve_pretrained(name_or_path);
+  } catch (const std::runtime_error& e) {
+    throw Fail(e.what());
+  }
+}
+
+gpt2::Tokenizer tokenizer_of(const std::string& model) {
+  const std::string model_dir = model_folder(model);
   if (!fs::exists(model_dir + "/vocab.json") || !fs::exists(model_dir + "/merges.txt"))
     throw Fail("model directory '" + model_dir + "' has no tokenizer files (vocab.json, merges.txt): copy GPT-2's there");
   return gpt2::Tokenizer::from_dir(model_dir);
@@ -41,7 +61,7 @@ void copy_tokenizer(const std::string& from, const std::string& to) {
 }
 
 std::shared_ptr<gpt2::GPT2LMHeadModelImpl> load_model(const std::string& dir, const std::string& adapter, torch::Device device) {
-  auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir);
+  auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(model_folder(dir));
   if (!adapter.empty()) lora::load_adapter(*model, adapter);
   model->to(device);
   return model;
@@ -60,7 +80,7 @@ struct TrainArgs {
 };
 
 struct TrainResult {
-  int64_t trainable = 0, total = 0, steps = 0, tokens = 0;
+  int64_t trainable = 0, total = 0, steps = 0, tokens = 0, total_steps = 0;
   double seconds = 0;
   std::vector<double> losses, valid;
 };
@@ -72,9 +92,12 @@ TrainResult train(const TrainArgs& a) {
   auto tok = tokenizer_of(a.model);
   auto train_set = encode_all(tok, e2e::read_pairs(a.data + "/train.txt"), a.max_len);
   auto valid_set = encode_all(tok, e2e::read_pairs(a.data + "/valid.txt"), a.max_len, static_cast<size_t>(a.valid_limit));
-  e2e::Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(a.model), a.o, train_set.size());
+  if (valid_set.empty())  // found now, not after the first epoch's training
+    throw std::runtime_error("'" + a.data + "/valid.txt' has no examples: the validation loss after each epoch needs at least one");
+  e2e::Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(model_folder(a.model)), a.o, train_set.size());
   auto model = trainer.model();
   result.total = trainer.parameter_count();
+  result.total_steps = trainer.total_steps();
   result.trainable = trainer.trainable_count();
   std::cout << "trainable params: " << lora::detail::with_commas(result.trainable)
             << " || all params: " << lora::detail::with_commas(result.total) << "\n";
@@ -283,9 +306,17 @@ int run(const RunArgs& r) {
        << " training steps, " << gen.hyps.size() << " test MRs. The numbers mean nothing; they show the pipeline runs.\n\n";
   md << "## Configuration\n\n| | |\n|---|---|\n"
      << "| model | `" << model << "` |\n| data | `" << data << "` |\n"
-     << "| LoRA | r = 4, alpha = 32, dropout 0.1, q and v of `c_attn` |\n"
-     << "| optimiser | AdamW lr 2e-4, weight decay 0.01, betas 0.9/0.999, eps 1e-6, linear schedule, warm-up " << t.o.warmup << " |\n"
-     << "| batch / label smoothing / seed | " << t.o.batch_size << " / 0.1 / " << t.o.seed << " |\n"
+     << "| method | " << (t.o.method == "lora" ? "LoRA: r = " + std::to_string(t.o.rank) + ", alpha = " + fmt_num(t.o.alpha) +
+                                                     ", dropout " + fmt_num(t.o.lora_dropout) + ", `" + t.o.targets + "`" +
+                                                     (t.o.qv_only && t.o.targets == "c_attn" ? " (q and v slices)" : "")
+                                               : std::string("full fine-tuning")) << " |\n"
+     << "| optimiser | " << (t.o.optimizer == "reference" ? "examples/NLG's AdamW" : "LibTorch's AdamW") << ", lr "
+     << fmt_num(t.o.lr) << ", weight decay " << fmt_num(t.o.weight_decay) << ", betas 0.9/0.999, eps 1e-6; linear schedule, warm-up "
+     << t.o.warmup << " of " << tr.total_steps << " steps" << (t.o.clip > 0 ? ", clip " + fmt_num(t.o.clip) : std::string()) << " |\n"
+     << "| model dropout | " << (t.o.model_dropout ? "config.json's" : "none (as the reference model)") << " |\n"
+     << "| epochs / batch / grad accum / label smoothing / seed | " << t.o.epochs << " / " << t.o.batch_size << " / "
+     << t.o.grad_accum << " / " << fmt_num(t.o.label_smoothing) << " / " << t.o.seed << " |\n"
+     << "| device / dtype | " << t.o.device << " / " << t.o.dtype << " |\n"
      << "| decoding | beam " << r.beams << ", length penalty 0.8, no-repeat 4-grams, 64 new tokens, EOS 50256 and 628 |\n\n";
   md << "## Cost\n\n| | |\n|---|---|\n"
      << "| trainable parameters | " << lora::detail::with_commas(tr.trainable) << " of " << lora::detail::with_commas(tr.total)
@@ -321,7 +352,10 @@ int main(int argc, char** argv) {
 
   TrainArgs t;
   auto* train_cmd = app.add_subcommand("train", "LoRA (or full) fine-tuning with the paper's recipe as defaults");
-  train_cmd->add_option("--model", t.model, "HF GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt)")->required();
+  train_cmd->add_option("--model", t.model,
+                        "HF GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt), or a hub id such as "
+                        "gpt2-medium found in the local HuggingFace cache")
+      ->required();
   train_cmd->add_option("--data", t.data, "folder with train.txt and valid.txt (mr||ref lines)")->required();
   train_cmd->add_option("--out", t.out, "output folder")->required();
   train_cmd->add_option("--method", t.o.method, "lora or full")->capture_default_str();

@@ -51,6 +51,11 @@ void check_sizes(const std::vector<std::string>& hyps, const std::vector<std::ve
     throw std::invalid_argument("scorer: " + std::to_string(hyps.size()) + " hypotheses but " + std::to_string(refs.size()) +
                                 " reference groups: the files do not belong together");
   if (hyps.empty()) throw std::invalid_argument("scorer: nothing to score");
+  for (size_t i = 0; i < refs.size(); ++i)
+    if (refs[i].empty())
+      throw std::invalid_argument("scorer: MR " + std::to_string(i + 1) +
+                                  " has no references (every hypothesis needs at least one; in a references file, MRs "
+                                  "are separated by exactly one blank line)");
 }
 
 std::string lower_ascii(std::string s) {

@@ -104,6 +104,9 @@ double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& e
     total += sums.sum().to(torch::kDouble).item<double>();
     count += counts.sum().item<double>();
   }
+  if (count == 0)
+    throw std::invalid_argument("mean_loss: no completion tokens to average (" + std::to_string(examples.size()) +
+                                " examples): is the validation set empty?");
   return total / count;
 }
 

@@ -216,20 +216,26 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     const std::string piece = text.substr(ov[0], ov[1] - ov[0]);
     at = ov[1] > ov[0] ? ov[1] : ov[0] + 1;
-    auto hit = cache_.find(piece);
-    if (hit == cache_.end()) {
-      std::string mapped;
-      for (unsigned char b : piece) mapped += byte_to_unicode_[b];
-      std::vector<int64_t> piece_ids;
-      for (const auto& sym : bpe(mapped)) {
-        auto it = token_to_id_.find(sym);
-        if (it == token_to_id_.end())
-          throw std::runtime_error("gpt2::Tokenizer: BPE produced '" + sym + "', which vocab.json lacks: mismatched vocab and merges?");
-        piece_ids.push_back(it->second);
+    {
+      std::lock_guard<std::mutex> lock(*cache_mutex_);
+      auto hit = cache_.find(piece);
+      if (hit != cache_.end()) {
+        ids.insert(ids.end(), hit->second.begin(), hit->second.end());
+        continue;
       }
-      hit = cache_.emplace(piece, std::move(piece_ids)).first;
     }
-    ids.insert(ids.end(), hit->second.begin(), hit->second.end());
+    std::string mapped;
+    for (unsigned char b : piece) mapped += byte_to_unicode_[b];
+    std::vector<int64_t> piece_ids;
+    for (const auto& sym : bpe(mapped)) {
+      auto it = token_to_id_.find(sym);
+      if (it == token_to_id_.end())
+        throw std::runtime_error("gpt2::Tokenizer: BPE produced '" + sym + "', which vocab.json lacks: mismatched vocab and merges?");
+      piece_ids.push_back(it->second);
+    }
+    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+    std::lock_guard<std::mutex> lock(*cache_mutex_);
+    cache_.emplace(piece, std::move(piece_ids));
   }
   return ids;
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -41,6 +42,8 @@ class Tokenizer {
   int64_t eos_ = 50256;
   struct Regex;
   std::unique_ptr<Regex> regex_;
+  // encode() is const and may run on several threads at once (a pointer keeps the class movable)
+  std::unique_ptr<std::mutex> cache_mutex_ = std::make_unique<std::mutex>();
   mutable std::unordered_map<std::string, std::vector<int64_t>> cache_;
 };
 

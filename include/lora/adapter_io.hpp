@@ -21,6 +21,7 @@
 #include <lora/inject.hpp>
 #include <lora/embedding.hpp>
 #include <lora/linear.hpp>
+#include <lora/target.hpp>
 #include <lora/tensor_file.hpp>
 
 #include <cmath>
@@ -137,26 +138,6 @@ inline FileAdapter to_file_adapter(LoRALayer& layer, const std::string& name) {
 }
 
 /// PEFT's target selection on file-side names (list: full name or dotted suffix; string: regex).
-struct TargetRule {
-  bool present = false;
-  std::optional<std::regex> regex;
-  std::vector<std::string> names, exclude;
-  std::vector<int64_t> layers;
-  std::string layers_pattern;
-
-  bool selects(const std::string& name) const {
-    bool hit = false;
-    if (regex) hit = std::regex_match(name, *regex);
-    for (const auto& t : names) hit = hit || name_matches(name, t);
-    for (const auto& e : exclude) hit = hit && !name_matches(name, e);
-    if (hit && !layers.empty()) {
-      auto idx = layer_index(name, layers_pattern);
-      hit = idx && std::find(layers.begin(), layers.end(), *idx) != layers.end();
-    }
-    return hit;
-  }
-};
-
 }  // namespace detail
 
 /// Writes adapter `options.adapter_name()` of `model` to `dir` in PEFT's format:
@@ -223,8 +204,7 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
     const std::string last = fp.substr(fp.find_last_of('.') + 1);
     if (std::find(targets.begin(), targets.end(), last) == targets.end()) targets.push_back(last);
   }
-  detail::TargetRule rule;
-  rule.names = targets;
+  const TargetSelector rule(targets, "");
   for (const auto& fp : all_files)
     if (rule.selects(fp) != (std::find(adapted.begin(), adapted.end(), fp) != adapted.end())) {
       targets = adapted;
@@ -265,18 +245,19 @@ struct PeftConfig {
   double dropout = 0;
   bool use_rslora = false;
   Bias bias = Bias::None;
-  RankPattern rank_pattern;
-  AlphaPattern alpha_pattern;
-  TargetRule targets;
+  std::vector<std::pair<KeyPattern, int64_t>> rank_pattern;  // PEFT's per-module overrides, compiled
+  std::vector<std::pair<KeyPattern, double>> alpha_pattern;
+  bool has_targets = false;  // target_modules present (not null)
+  TargetSelector targets;
 
   int64_t rank_for(const std::string& name) const {
     for (const auto& kv : rank_pattern)
-      if (pattern_matches(name, kv.first)) return kv.second;
+      if (kv.first.matches(name)) return kv.second;
     return r;
   }
   double alpha_for(const std::string& name) const {
     for (const auto& kv : alpha_pattern)
-      if (pattern_matches(name, kv.first)) return kv.second;
+      if (kv.first.matches(name)) return kv.second;
     return alpha;
   }
 };
@@ -328,8 +309,8 @@ inline PeftConfig parse_peft_config(const std::string& path) {
     for (const auto* key : {"rank_pattern", "alpha_pattern"})
       if (j.contains(key) && !j[key].is_null())
         for (auto it = j[key].begin(); it != j[key].end(); ++it) {
-          if (std::string(key) == "rank_pattern") c.rank_pattern[it.key()] = it.value().get<int64_t>();
-          else c.alpha_pattern[it.key()] = it.value().get<double>();
+          if (std::string(key) == "rank_pattern") c.rank_pattern.emplace_back(KeyPattern(it.key()), it.value().get<int64_t>());
+          else c.alpha_pattern.emplace_back(KeyPattern(it.key()), it.value().get<double>());
         }
     auto strings = [&](const char* key) {
       std::vector<std::string> out;
@@ -337,23 +318,27 @@ inline PeftConfig parse_peft_config(const std::string& path) {
         for (const auto& s : j[key]) out.push_back(s.get<std::string>());
       return out;
     };
+    std::vector<std::string> names;
+    std::string regex;
     if (j.contains("target_modules") && !j["target_modules"].is_null()) {
-      c.targets.present = true;
-      if (j["target_modules"].is_string()) c.targets.regex.emplace(j["target_modules"].get<std::string>());
-      else c.targets.names = strings("target_modules");
+      c.has_targets = true;
+      if (j["target_modules"].is_string()) regex = j["target_modules"].get<std::string>();
+      else names = strings("target_modules");
     }
-    c.targets.exclude = strings("exclude_modules");
     if (j.contains("exclude_modules") && j["exclude_modules"].is_string())
       throw bad("exclude_modules", "as a regex string is not supported; list the module names");
+    std::vector<int64_t> layers;
     if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
-      if (j["layers_to_transform"].is_number_integer()) c.targets.layers.push_back(j["layers_to_transform"].get<int64_t>());
-      else for (const auto& v : j["layers_to_transform"]) c.targets.layers.push_back(v.get<int64_t>());
+      if (j["layers_to_transform"].is_number_integer()) layers.push_back(j["layers_to_transform"].get<int64_t>());
+      else for (const auto& v : j["layers_to_transform"]) layers.push_back(v.get<int64_t>());
     }
-    if (j.contains("layers_pattern") && j["layers_pattern"].is_string()) c.targets.layers_pattern = j["layers_pattern"].get<std::string>();
+    std::string layers_pattern;
+    if (j.contains("layers_pattern") && j["layers_pattern"].is_string()) layers_pattern = j["layers_pattern"].get<std::string>();
+    c.targets = TargetSelector(names, regex, strings("exclude_modules"), layers, layers_pattern);
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error("'" + path + "': a value has the wrong type: " + e.what());
-  } catch (const std::regex_error& e) {
-    throw std::runtime_error("'" + path + "': target_modules is not a valid regex: " + e.what());
+  } catch (const std::invalid_argument& e) {  // a bad regex in target_modules, a pattern key or layers_pattern
+    throw std::runtime_error("'" + path + "': " + e.what());
   }
   return c;
 }
@@ -442,7 +427,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
 
   // Cross-check against the config's targets and the shapes before touching the model.
   std::vector<std::string> targeted_missing;
-  if (cfg.targets.present)
+  if (cfg.has_targets)
     for (const auto& [path, layer] : layers)
       if (cfg.targets.selects(options.name_map().file_name(path)) && !pending.count(path)) targeted_missing.push_back(path);
   if (!targeted_missing.empty())
@@ -456,7 +441,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     if (!p.A || !p.B)
       throw std::runtime_error(where + " has only its lora_" + std::string(p.A ? "A" : "B") +
                                " tensor: the file is incomplete");
-    if (cfg.targets.present && !cfg.targets.selects(p.file_path))
+    if (cfg.has_targets && !cfg.targets.selects(p.file_path))
       throw std::runtime_error(where + " has tensors but adapter_config.json's target_modules does not select it");
     const int64_t r = cfg.rank_for(p.file_path);
     const auto& w = p.layer->base_weight();

@@ -12,7 +12,9 @@
 /// config names.
 
 #include <lora/state.hpp>
+#include <lora/target.hpp>
 
+#include <functional>
 #include <iomanip>
 #include <optional>
 #include <regex>
@@ -38,32 +40,6 @@ inline std::string with_commas(int64_t v) {
     out += digits[i];
   }
   return v < 0 ? "-" + out : out;
-}
-
-/// PEFT's rule for target_modules entries: the full name, or a dotted suffix of it.
-inline bool name_matches(const std::string& name, const std::string& key) {
-  if (name == key) return true;
-  return name.size() > key.size() && name.compare(name.size() - key.size(), key.size(), key) == 0 &&
-         name[name.size() - key.size() - 1] == '.';
-}
-
-/// PEFT's rule for rank_pattern / alpha_pattern keys: `(.*\.)?key` matches the whole name.
-inline bool pattern_matches(const std::string& name, const std::string& key) {
-  try {
-    return std::regex_match(name, std::regex("(.*\\.)?" + key));
-  } catch (const std::regex_error& e) {
-    throw std::invalid_argument("LoRAConfig: pattern key '" + key + "' is not a valid regex: " + e.what());
-  }
-}
-
-/// The layer index of a module path: the number after `pattern` (or, when empty, after
-/// the last "<name>." followed by "<N>." as PEFT does), if any.
-inline std::optional<int64_t> layer_index(const std::string& name, const std::string& pattern) {
-  std::smatch m;
-  const std::regex re = pattern.empty() ? std::regex(R"(^(?:.*\.)?[^.]*\.(\d+)\..*$)")
-                                        : std::regex("^(?:.*\\.)?(?:" + pattern + R"()\.(\d+)\..*$)");
-  if (std::regex_match(name, m, re)) return std::stoll(m[1].str());
-  return std::nullopt;
 }
 
 inline std::string list_names(const std::vector<std::string>& names, size_t most = 40) {
@@ -93,13 +69,13 @@ inline std::ostream& operator<<(std::ostream& os, const InjectReport& r) {
 /// makes it the active adapter of those layers, and freezes every other parameter
 /// (biases as `config.bias()` says). Nothing is changed when an error is thrown.
 ///
-/// Selection: a module is a target when its path matches `target_regex` (whole
-/// name) or, without a regex, any `target_modules` entry (whole name or dotted
-/// suffix); `exclude_modules` removes modules again; with `layers_to_transform`
-/// only modules whose layer index is listed stay. Errors (`std::invalid_argument`):
-/// a target entry (or `enable_lora` / pattern key) that matches no module, a
-/// target that is a plain `torch::nn::Linear` / `Embedding` or another module
-/// type, an invalid config.
+/// Selection: `lora::TargetSelector::from_config(config)` (target.hpp): the whole path or a
+/// dotted suffix of it equals a `target_modules` entry, or the path fully matches
+/// `target_regex` (one or the other); `exclude_modules` removes modules again; with
+/// `layers_to_transform` only modules whose layer index is listed stay. Errors
+/// (`std::invalid_argument`): a target entry (or `enable_lora` / pattern key) that matches no
+/// module, a target that is a plain `torch::nn::Linear` / `Embedding` or another module type,
+/// an invalid config.
 ///
 /// Calling it again: with a new adapter name it adds that adapter beside the
 /// existing ones and makes it the only active one (the others stay, frozen:
@@ -116,18 +92,13 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
   if (config.r() <= 0) throw std::invalid_argument("LoRAConfig: r must be > 0, got " + std::to_string(config.r()));
   if (config.target_modules().empty() && config.target_regex().empty())
     throw std::invalid_argument("LoRAConfig: no targets; set target_modules({...}) or target_regex(\"...\")");
-  if (!config.layers_pattern().empty() && config.layers_to_transform().empty())
-    throw std::invalid_argument("LoRAConfig: layers_pattern is set but layers_to_transform is empty");
   if (adapter_name.empty() || adapter_name.find('.') != std::string::npos)
     throw std::invalid_argument("inject_lora: adapter name '" + adapter_name + "' must be non-empty and contain no '.'");
-
-  std::optional<std::regex> target_re;
-  if (!config.target_regex().empty()) {
-    try {
-      target_re.emplace(config.target_regex());
-    } catch (const std::regex_error& e) {
-      throw std::invalid_argument("LoRAConfig: target_regex '" + config.target_regex() + "' is invalid: " + e.what());
-    }
+  TargetSelector selector;
+  try {
+    selector = TargetSelector::from_config(config);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("LoRAConfig: ") + e.what());
   }
 
   const auto modules = detail::visible_modules(model);
@@ -144,25 +115,10 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
   std::vector<std::pair<std::string, LoRALayer*>> chosen;
   for (const auto& m : modules) {
     const std::string& name = m.first;
-    bool hit = false;
-    if (target_re) {
-      hit = std::regex_match(name, *target_re);
-    } else {
-      for (const auto& t : config.target_modules())
-        if (detail::name_matches(name, t)) {
-          hit = true;
-          used_targets.insert(t);
-        }
-    }
-    if (!hit) continue;
-    bool excluded = false;
-    for (const auto& e : config.exclude_modules()) excluded = excluded || detail::name_matches(name, e);
-    if (excluded) continue;
-    if (!config.layers_to_transform().empty()) {
-      auto idx = detail::layer_index(name, config.layers_pattern());
-      const auto& keep = config.layers_to_transform();
-      if (!idx || std::find(keep.begin(), keep.end(), *idx) == keep.end()) continue;
-    }
+    std::vector<std::string> entries;
+    if (!selector.matches_targets(name, &entries)) continue;
+    used_targets.insert(entries.begin(), entries.end());
+    if (selector.excluded(name) || !selector.in_layers(name)) continue;
     auto* module = m.second.get();
     if (auto* layer = dynamic_cast<LoRALayer*>(module)) {
       if (layer->has_adapter(adapter_name))
@@ -182,7 +138,7 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
                                   "lora::LoRALinear / lora::LoRAEmbedding layers inside it. " + candidates());
     }
   }
-  if (!target_re)
+  if (!selector.is_regex())
     for (const auto& t : config.target_modules())
       if (!used_targets.count(t))
         throw std::invalid_argument("inject_lora: target '" + t + "' matches no module. " + candidates());
@@ -190,40 +146,44 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
     throw std::invalid_argument("inject_lora: the config selects no module (after exclude_modules / "
                                 "layers_to_transform). " + candidates());
 
+  // Pattern keys compiled once (PEFT's `(.*\.)?key` rule).
+  auto compile = [](const auto& map) {
+    std::vector<std::pair<KeyPattern, typename std::decay_t<decltype(map)>::mapped_type>> out;
+    for (const auto& kv : map) {
+      try {
+        out.emplace_back(KeyPattern(kv.first), kv.second);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("LoRAConfig: ") + e.what());
+      }
+    }
+    return out;
+  };
+  const auto rank_keys = compile(config.rank_pattern());
+  const auto alpha_keys = compile(config.alpha_pattern());
   auto options_for = [&](const std::string& name) {
     AdapterOptions o(config.r());
     o.alpha(config.alpha()).dropout(config.dropout()).use_rslora(config.use_rslora()).init(config.init()).dtype(config.dtype());
-    for (const auto& kv : config.rank_pattern())
-      if (detail::pattern_matches(name, kv.first)) o.r(kv.second);
-    for (const auto& kv : config.alpha_pattern())
-      if (detail::pattern_matches(name, kv.first)) o.alpha(kv.second);
+    for (const auto& kv : rank_keys)
+      if (kv.first.matches(name)) o.r(kv.second);
+    for (const auto& kv : alpha_keys)
+      if (kv.first.matches(name)) o.alpha(kv.second);
     for (const auto& kv : config.enable_lora())
       if (detail::name_matches(name, kv.first)) o.enable(kv.second);
     return o;
   };
   // Keys of the per-module maps must each select something, or they are typos.
-  auto check_keys = [&](const char* field, const std::vector<std::string>& keys, bool pattern) {
-    for (const auto& key : keys) {
-      bool any = false;
-      for (const auto& c : chosen) any = any || (pattern ? detail::pattern_matches(c.first, key) : detail::name_matches(c.first, key));
-      if (!any)
-        throw std::invalid_argument(std::string("LoRAConfig: ") + field + " key '" + key +
-                                    "' matches none of the adapted modules: " + detail::list_names([&] {
-                                      std::vector<std::string> n;
-                                      for (const auto& c : chosen) n.push_back(c.first);
-                                      return n;
-                                    }()));
-    }
+  auto check_key = [&](const char* field, const std::string& key, const std::function<bool(const std::string&)>& matches) {
+    for (const auto& c : chosen)
+      if (matches(c.first)) return;
+    std::vector<std::string> n;
+    for (const auto& c : chosen) n.push_back(c.first);
+    throw std::invalid_argument(std::string("LoRAConfig: ") + field + " key '" + key +
+                                "' matches none of the adapted modules: " + detail::list_names(n));
   };
-  std::vector<std::string> keys;
-  for (const auto& kv : config.rank_pattern()) keys.push_back(kv.first);
-  check_keys("rank_pattern", keys, true);
-  keys.clear();
-  for (const auto& kv : config.alpha_pattern()) keys.push_back(kv.first);
-  check_keys("alpha_pattern", keys, true);
-  keys.clear();
-  for (const auto& kv : config.enable_lora()) keys.push_back(kv.first);
-  check_keys("enable_lora", keys, false);
+  for (const auto& kv : rank_keys) check_key("rank_pattern", kv.first.key(), [&](const std::string& n) { return kv.first.matches(n); });
+  for (const auto& kv : alpha_keys) check_key("alpha_pattern", kv.first.key(), [&](const std::string& n) { return kv.first.matches(n); });
+  for (const auto& kv : config.enable_lora())
+    check_key("enable_lora", kv.first, [&](const std::string& n) { return detail::name_matches(n, kv.first); });
 
   // Validate every layer's options before touching any layer, so a failure changes nothing.
   std::vector<AdapterOptions> resolved;

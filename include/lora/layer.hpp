@@ -68,10 +68,14 @@ class LoRALayer {
 
   /// Chooses which adapters the forward applies (their updates are summed).
   void set_active_adapters(const std::vector<std::string>& names) {
+    check_active_adapters(names);
+    active_ = names;
+  }
+  /// Throws what `set_active_adapters(names)` would throw, changing nothing.
+  void check_active_adapters(const std::vector<std::string>& names) const {
     for (const auto& n : names) require_adapter(n);
     if (!merged_.empty() && names != active_)
       throw std::logic_error(describe() + ": cannot switch adapters while merged; unmerge() first");
-    active_ = names;
   }
   const std::vector<std::string>& active_adapters() const { return active_; }
 

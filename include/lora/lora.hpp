@@ -17,6 +17,7 @@
 #include <lora/linear.hpp>
 #include <lora/embedding.hpp>
 #include <lora/state.hpp>
+#include <lora/target.hpp>
 #include <lora/inject.hpp>
 #include <lora/merge.hpp>
 #include <lora/safetensors.hpp>

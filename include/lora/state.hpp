@@ -6,23 +6,33 @@
 #include <lora/layer.hpp>
 
 #include <set>
+#include <stdexcept>
+#include <typeinfo>
 
 namespace lora {
 
 namespace detail {
 
-/// Runs `fn`, prefixing any error it throws with the module path `name`.
+/// Runs `fn`, prefixing the message of a standard exception it throws with the module path
+/// `name`; the exception keeps its exact type (an exception of any other type, c10::Error say,
+/// passes through unchanged).
 template <class Fn>
 inline void at_module(const std::string& name, Fn&& fn) {
-  const std::string where = "module '" + (name.empty() ? std::string("<root>") : name) + "': ";
   try {
     fn();
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(where + e.what());
-  } catch (const std::logic_error& e) {
-    throw std::logic_error(where + e.what());
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error(where + e.what());
+  } catch (const std::exception& e) {
+    const std::string msg = "module '" + (name.empty() ? std::string("<root>") : name) + "': " + e.what();
+    const std::type_info& type = typeid(e);
+    if (type == typeid(std::invalid_argument)) throw std::invalid_argument(msg);
+    if (type == typeid(std::out_of_range)) throw std::out_of_range(msg);
+    if (type == typeid(std::length_error)) throw std::length_error(msg);
+    if (type == typeid(std::domain_error)) throw std::domain_error(msg);
+    if (type == typeid(std::logic_error)) throw std::logic_error(msg);
+    if (type == typeid(std::range_error)) throw std::range_error(msg);
+    if (type == typeid(std::overflow_error)) throw std::overflow_error(msg);
+    if (type == typeid(std::underflow_error)) throw std::underflow_error(msg);
+    if (type == typeid(std::runtime_error)) throw std::runtime_error(msg);
+    throw;
   }
 }
 
@@ -103,17 +113,21 @@ inline torch::OrderedDict<std::string, torch::Tensor> lora_state_dict(torch::nn:
 /// Makes `names` the active adapters of every LoRA layer that has them all
 /// (layers without any of them get none active). Task switching: unmerge, set, merge.
 inline void set_adapter(torch::nn::Module& model, const std::vector<std::string>& names) {
+  std::vector<std::pair<LoRALayer*, std::vector<std::string>>> plan;
   bool found = false;
+  // Every layer is checked before any is switched: a merged layer fails the call, not half of it.
   detail::for_each_lora_layer(model, [&](const std::string& prefix, LoRALayer& layer) {
     std::vector<std::string> here;
     for (const auto& n : names)
       if (layer.has_adapter(n)) here.push_back(n);
     found = found || !here.empty();
-    detail::at_module(prefix, [&] { layer.set_active_adapters(here); });
+    detail::at_module(prefix, [&] { layer.check_active_adapters(here); });
+    plan.emplace_back(&layer, std::move(here));
   });
   if (!found && !names.empty())
     throw std::invalid_argument("set_adapter: no LoRA layer of the model has adapter '" + names.front() +
                                 "'; inject_lora(model, config, \"" + names.front() + "\") creates it");
+  for (auto& [layer, here] : plan) layer->set_active_adapters(here);
 }
 
 /// Deletes adapter `name` from every layer that has it.

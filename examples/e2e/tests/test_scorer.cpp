@@ -144,3 +144,13 @@ TEST(E2EScorer, FilesAndMismatchesGiveClearErrors) {
   }
   EXPECT_NE(msg.find("1 hypotheses but 2 reference groups"), std::string::npos) << msg;
 }
+
+TEST(E2EScorer, AnMrWithoutReferencesIsAnErrorNotANan) {
+  std::string msg;
+  try {
+    e2e::score({"a b c", "d e f"}, {{"a b c"}, {}});
+  } catch (const std::invalid_argument& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("MR 2 has no references"), std::string::npos) << msg;
+}

@@ -440,3 +440,9 @@ TEST(E2ETrainer, StateOfTheOtherOptimizerIsRefused) {
   EXPECT_NE(msg.find("saved by a --optimizer reference run; this run is --optimizer torch"), std::string::npos) << msg;
   fs::remove(file);
 }
+
+TEST(E2ETrainer, MeanLossOfNoExamplesIsAnErrorNotANan) {
+  auto model = tiny_model();
+  const auto msg = error_of([&] { e2e::mean_loss(*model, {}, 4); });
+  EXPECT_NE(msg.find("no completion tokens to average (0 examples)"), std::string::npos) << msg;
+}

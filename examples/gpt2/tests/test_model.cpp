@@ -5,6 +5,7 @@
 #include "../../../tests/common.hpp"  // lora_test::Seeded, lora_test::remove_tree
 #include "../../test_util.hpp"
 #include "generate.hpp"
+#include "hub.hpp"
 #include "model.hpp"
 
 #include <filesystem>
@@ -305,6 +306,61 @@ TEST_F(Gpt2Test, SavePretrainedRoundTripsInHfLayout) {
   auto ids = torch::randint(0, kVocab, {2, 6});
   EXPECT_TRUE(torch::equal(again->forward(ids), model->forward(ids)));
   EXPECT_EQ(again->config.activation_function, "gelu_new");
+}
+
+namespace {
+
+/// Sets an environment variable for a scope (unset with an empty value), restoring it after.
+struct ScopedEnv {
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    value.empty() ? ::unsetenv(name) : ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
+}  // namespace
+
+TEST_F(Gpt2Test, HubModelIdsResolveThroughTheLocalHuggingFaceCache) {
+  const auto root = fs::temp_directory_path() / ("gpt2_hf_cache_" + std::to_string(::getpid()));
+  lora_test::remove_tree(root.string());
+  // The layout huggingface_hub writes: models--<org>--<name>/refs/main names the snapshot.
+  const auto repo = root / "hub" / "models--org--tiny-gpt2";
+  const auto snapshot = repo / "snapshots" / "0123abcd";
+  fs::create_directories(repo / "refs");
+  std::ofstream(repo / "refs" / "main") << "0123abcd";
+  model->save_pretrained(snapshot.string());
+  std::ofstream(snapshot / "vocab.json") << "{}";
+  std::ofstream(snapshot / "merges.txt") << "#version: 0.2\n";
+  {
+    ScopedEnv cache("HF_HUB_CACHE", ""), home("HF_HOME", root.string());  // $HF_HOME/hub when HF_HUB_CACHE is unset
+    EXPECT_EQ(gpt2::hf_hub_cache(), (root / "hub").string());
+    EXPECT_EQ(gpt2::resolve_pretrained("org/tiny-gpt2"), snapshot.string());
+    auto again = gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained("org/tiny-gpt2"));
+    again->eval();
+    auto ids = torch::randint(0, kVocab, {1, 5});
+    EXPECT_TRUE(torch::equal(again->forward(ids), model->forward(ids)));
+    // Not in the cache: the error says where it looked and what to fetch.
+    auto msg = example_test::error_of([] { gpt2::resolve_pretrained("gpt2-medium"); });
+    EXPECT_NE(msg.find("models--gpt2-medium/refs/main"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("huggingface-cli download gpt2-medium config.json model.safetensors vocab.json merges.txt"),
+              std::string::npos) << msg;
+    // A snapshot without the weights names what it lacks.
+    fs::remove(snapshot / "model.safetensors");
+    msg = example_test::error_of([] { gpt2::resolve_pretrained("org/tiny-gpt2"); });
+    EXPECT_NE(msg.find("lacks model.safetensors"), std::string::npos) << msg;
+    // Paths are paths: a folder is used as it is, anything else that is not an id is an error.
+    EXPECT_EQ(gpt2::resolve_pretrained(snapshot.string()), snapshot.string());
+    EXPECT_NE(example_test::error_of([] { gpt2::resolve_pretrained("./no/such/folder"); }).find("no such folder"), std::string::npos);
+  }
+  {
+    ScopedEnv cache("HF_HUB_CACHE", (root / "elsewhere").string());  // HF_HUB_CACHE wins
+    EXPECT_EQ(gpt2::hf_hub_cache(), (root / "elsewhere").string());
+  }
+  lora_test::remove_tree(root.string());
 }
 
 TEST_F(Gpt2Test, PaperLoRAConfigAdaptsQAndVOfCAttnThenMergesForDeployment) {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 namespace {
 
@@ -158,4 +159,27 @@ TEST(Tokenizer, BadInputsGiveClearErrors) {
   gpt2::Tokenizer tiny = gpt2::Tokenizer::from_dir(dir.string());
   EXPECT_NE(msg([&] { tiny.encode("a\xFF"); }).find("not valid UTF-8"), std::string::npos);
   EXPECT_NE(msg([&] { tiny.decode({7}); }).find("id 7 is outside the vocabulary of 3"), std::string::npos);
+}
+
+TEST(Tokenizer, ConcurrentEncodesGiveTheSameIdsAsOneThread) {
+  REQUIRE_TOKENIZER();
+  // Many distinct words, so that the shared cache grows (and rehashes) while threads read it.
+  std::vector<std::string> lines;
+  std::mt19937 rng(5);
+  for (int i = 0; i < 400; ++i) {
+    std::string line;
+    for (int w = 0; w < 12; ++w) line += " w" + std::to_string(rng() % 100000) + (w % 3 ? "ing" : "ed");
+    lines.push_back(line);
+  }
+  gpt2::Tokenizer fresh = gpt2::Tokenizer::from_dir(data_dir("LORA_GPT2_DIR", "gpt2"));
+  std::vector<std::vector<std::vector<int64_t>>> got(4, std::vector<std::vector<int64_t>>(lines.size()));
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < got.size(); ++t)
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < lines.size(); ++i) got[t][i] = fresh.encode(lines[(i + 97 * t) % lines.size()]);
+    });
+  for (auto& th : threads) th.join();
+  for (size_t t = 0; t < got.size(); ++t)
+    for (size_t i = 0; i < lines.size(); ++i)
+      ASSERT_EQ(got[t][i], tokenizer()->encode(lines[(i + 97 * t) % lines.size()])) << "thread " << t << " line " << i;
 }
