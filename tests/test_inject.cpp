@@ -276,6 +276,7 @@ TEST_F(InjectTest, TargetSelectorRulesAndTheirCombinations) {
   EXPECT_NE(error_of<E>([] { S({}, "(unclosed"); }).find("target_regex (target_modules as one string) '(unclosed' is not a valid regex"), std::string::npos);
   EXPECT_NE(error_of<E>([] { S({"q"}, "", {}, {}, "h"); }).find("layers_pattern is set but layers_to_transform is empty"),
             std::string::npos);
+  EXPECT_NE(error_of<E>([] { S({}, ".*q", {}, {0}); }).find("cannot be combined with a target regex"), std::string::npos);
   EXPECT_TRUE(lora::KeyPattern("attn.q").matches("blocks.0.attn.q"));
   EXPECT_FALSE(lora::KeyPattern("attn.q").matches("blocks.0.attn.qq"));
 }

@@ -10,8 +10,9 @@
 ///     nor "seq" — or one regex that must match the whole path (PEFT's string form of
 ///     `target_modules`), never both;
 ///  2. no `exclude_modules` entry matches it (the same rule as names);
-///  3. with `layers_to_transform`, its layer index is listed: the number after
-///     `<layers_pattern>.`, or without a pattern after the last `<name>.` followed by `<N>.`.
+///  3. with `layers_to_transform` (names only: with a regex, as in PEFT, it is an error), its
+///     layer index is listed: the number after `<layers_pattern>.`, or without a pattern after
+///     the last `<name>.` followed by `<N>.`.
 ///
 /// `rank_pattern` / `alpha_pattern` keys use PEFT's other rule: the regex `(.*\.)?key` must match
 /// the whole path (`KeyPattern`).
@@ -78,6 +79,9 @@ class TargetSelector {
       throw std::invalid_argument("target selection: set target_modules (names) or target_regex, not both; PEFT's "
                                   "target_modules is either a list of names or one regex string");
     if (!regex.empty()) regex_.emplace(detail::compile_regex(regex, "target_regex (target_modules as one string)"));
+    if (regex_ && (!layers_.empty() || !layers_pattern.empty()))
+      throw std::invalid_argument("target selection: layers_to_transform / layers_pattern cannot be combined with a "
+                                  "target regex (PEFT refuses it too); put the layer numbers in the regex");
     if (!layers_pattern.empty() && layers_.empty())
       throw std::invalid_argument("target selection: layers_pattern is set but layers_to_transform is empty");
     layer_re_ = layers_pattern.empty()
