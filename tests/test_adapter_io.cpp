@@ -246,6 +246,10 @@ TEST_F(AdapterFileTest, StrictLoadingErrorsNameTheCause) {
                hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {2, 4}, A},
                           {"base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight", {2, 4}, A}}));
   expect_error("does not start with 'base_model.model.'", with("target_modules", nullptr), hand_file({{"lora_A.weight", {2, 4}, A}}));
+  // The key form names the layer kind: an embedding adapter's keys on a Linear module.
+  expect_error("has the key form of an Embedding adapter but module 'transformer.h.0.attn.c_attn' is LoRALinear(in_features=4",
+               with("target_modules", nullptr),
+               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_embedding_A", {2, 4}, A}}));
   expect_error("is not a LoRA A/B tensor", with("target_modules", nullptr),
                hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_magnitude_vector", {2, 4}, A}}));
   // A pickle-only folder.

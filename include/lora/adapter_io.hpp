@@ -113,31 +113,6 @@ inline std::vector<std::pair<std::string, LoRALayer*>> lora_layers(torch::nn::Mo
   return out;
 }
 
-/// The A and B a PEFT file holds for one layer's adapter (slices expanded), with its rank and alpha.
-struct FileAdapter {
-  torch::Tensor A, B;
-  int64_t r;
-  double alpha;
-};
-
-inline FileAdapter to_file_adapter(LoRALayer& layer, const std::string& name) {
-  const auto& o = layer.adapter_options(name);
-  torch::Tensor A = layer.lora_A(name).detach(), B = layer.lora_B(name).detach();
-  if (o.enable().empty()) return {A, B, o.r(), o.alpha()};
-  const int64_t n = static_cast<int64_t>(o.enable().size()), k = count_enabled(o.enable());
-  const int64_t out = layer.base_weight().size(0), slice = out / n, r = o.r();
-  torch::Tensor full = torch::zeros({out, k * r}, B.options());
-  int64_t i = 0;
-  for (int64_t j = 0; j < n; ++j)
-    if (o.enable()[j]) {
-      full.narrow(0, j * slice, slice).narrow(1, i * r, r).copy_(B.narrow(0, i * slice, slice));
-      ++i;
-    }
-  const double factor = o.use_rslora() ? std::sqrt(double(k)) : double(k);
-  return {A, full, k * r, o.alpha() * factor};
-}
-
-/// PEFT's target selection on file-side names (list: full name or dotted suffix; string: regex).
 }  // namespace detail
 
 /// Writes adapter `options.adapter_name()` of `model` to `dir` in PEFT's format:
@@ -168,11 +143,9 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
     if (o.use_rslora() != first->use_rslora() || o.dropout() != first->dropout())
       throw std::invalid_argument("save_adapter: module '" + path + "' differs from the others in use_rslora or "
                                   "dropout, which PEFT's adapter_config.json cannot express per module");
-    auto fa = detail::to_file_adapter(*layer, name);
-    const bool embedding = dynamic_cast<LoRAEmbeddingImpl*>(layer) != nullptr;
-    const std::string key = detail::kPeftPrefix + fp + (embedding ? ".lora_embedding_" : ".lora_");
-    tensors.insert(key + (embedding ? "A" : "A.weight"), fa.A);
-    tensors.insert(key + (embedding ? "B" : "B.weight"), fa.B);
+    const auto fa = layer->file_form(name);
+    tensors.insert(detail::kPeftPrefix + fp + "." + layer->peft_key("A"), fa.A);
+    tensors.insert(detail::kPeftPrefix + fp + "." + layer->peft_key("B"), fa.B);
     adapted.push_back(fp);
     ranks[fp] = fa.r;
     alphas[fp] = fa.alpha;
@@ -410,11 +383,10 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
       throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' belongs to module '" + path +
                                "', which is not a LoRA-capable layer of this model (different base model, or a "
                                "missing name mapping?). LoRA layers: " + detail::list_names(layer_names));
-    const bool layer_is_embedding = dynamic_cast<LoRAEmbeddingImpl*>(it->second) != nullptr;
-    if (layer_is_embedding == is_linear)
-      throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' is a " +
-                               (is_linear ? "Linear" : "Embedding") + " adapter but module '" + path + "' is " +
-                               (layer_is_embedding ? "an Embedding" : "a Linear"));
+    const std::string key_kind = is_linear ? "Linear" : "Embedding";  // PEFT's two key forms
+    if (it->second->kind() != key_kind)
+      throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' has the key form of " + (is_linear ? "a Linear" : "an Embedding") +
+                               " adapter but module '" + path + "' is " + it->second->describe());
     auto& p = pending[path];
     p.file_path = fp;
     p.layer = it->second;
@@ -444,10 +416,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     if (cfg.has_targets && !cfg.targets.selects(p.file_path))
       throw std::runtime_error(where + " has tensors but adapter_config.json's target_modules does not select it");
     const int64_t r = cfg.rank_for(p.file_path);
-    const auto& w = p.layer->base_weight();
-    const bool emb = dynamic_cast<LoRAEmbeddingImpl*>(p.layer) != nullptr;
-    // Linear: A [r, in], B [out, r]; Embedding: A [r, num], B [dim, r].
-    const std::vector<int64_t> want_A = {r, emb ? w.size(0) : w.size(1)}, want_B = {emb ? w.size(1) : w.size(0), r};
+    const std::vector<int64_t> want_A = p.layer->file_shape("A", r), want_B = p.layer->file_shape("B", r);
     for (const auto& [view, want] : {std::make_pair(p.A, want_A), std::make_pair(p.B, want_B)}) {
       if (view->shape == want) continue;
       std::string hint = "different base model?";

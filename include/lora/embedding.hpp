@@ -73,7 +73,7 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
     // The update is added out of place: an in-place add into a view of `result` would make
     // autograd clone the whole output gradient (CopySlices) in the backward.
     torch::Tensor update;
-    for (const auto& name : active_) {
+    for (const auto& name : active_adapters()) {
       if (is_merged(name)) {
         check_not_training_merged(name);
         continue;
@@ -97,6 +97,12 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
   torch::Tensor& base_weight() override { return weight; }
   torch::Tensor base_bias() override { return torch::Tensor(); }
 
+  std::string kind() const override { return "Embedding"; }
+  std::string peft_key(const std::string& which) const override { return "lora_embedding_" + which; }
+  std::vector<int64_t> file_shape(const std::string& which, int64_t r) const override {
+    return which == "A" ? std::vector<int64_t>{r, options.num_embeddings()} : std::vector<int64_t>{options.embedding_dim(), r};
+  }
+
   std::string describe() const override {
     return "LoRAEmbedding(num_embeddings=" + std::to_string(options.num_embeddings()) +
            ", embedding_dim=" + std::to_string(options.embedding_dim()) + ")";
@@ -106,9 +112,7 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
     stream << "lora::LoRAEmbedding(num_embeddings=" << options.num_embeddings()
            << ", embedding_dim=" << options.embedding_dim();
     if (options.padding_idx()) stream << ", padding_idx=" << *options.padding_idx();
-    for (size_t i = 0; i < names_.size(); ++i)
-      stream << (i ? ", " : ", adapters=[") << names_[i] << ": r=" << options_.at(names_[i]).r()
-             << ", alpha=" << options_.at(names_[i]).alpha() << (i + 1 == names_.size() ? "]" : "");
+    print_adapters(stream);
     stream << ")";
   }
 
@@ -117,7 +121,7 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
 
  protected:
   void create_adapter(const std::string& name) override {
-    const auto& o = options_.at(name);
+    const auto& o = adapter_options(name);
     auto A = make_holder(o.r(), options.num_embeddings());
     auto B = make_holder(options.embedding_dim(), o.r());
     torch::NoGradGuard no_grad;

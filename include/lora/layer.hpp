@@ -12,6 +12,7 @@
 #include <lora/config.hpp>
 
 #include <algorithm>
+#include <ostream>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -158,6 +159,27 @@ class LoRALayer {
   /// e.g. "LoRALinear(in_features=768, out_features=2304)", used in errors.
   virtual std::string describe() const = 0;
 
+  // ---- how PEFT files hold this layer's adapters (adapter_io.hpp asks, never casts) ----
+
+  /// The kind of layer, as PEFT's file keys tell it: "Linear" or "Embedding".
+  virtual std::string kind() const = 0;
+  /// The key suffix of tensor `which` ("A" or "B") after the module path, e.g. "lora_A.weight"
+  /// (Linear) or "lora_embedding_A" (Embedding).
+  virtual std::string peft_key(const std::string& which) const = 0;
+  /// The shape tensor `which` has in a file for rank r, e.g. A [r, in] and B [out, r] for Linear.
+  virtual std::vector<int64_t> file_shape(const std::string& which, int64_t r) const = 0;
+  /// Adapter `name` as a PEFT file holds it: A, B, rank and alpha. Layers whose in-memory form
+  /// differs (slice masks) return the equivalent whole-layer adapter.
+  struct FileForm {
+    torch::Tensor A, B;
+    int64_t r;
+    double alpha;
+  };
+  virtual FileForm file_form(const std::string& name) {
+    const auto& o = adapter_options(name);
+    return {lora_A(name).detach(), lora_B(name).detach(), o.r(), o.alpha()};
+  }
+
  protected:
   virtual torch::nn::ModuleDict& dict_A() = 0;
   virtual torch::nn::ModuleDict& dict_B() = 0;
@@ -199,13 +221,28 @@ class LoRALayer {
     return sum;
   }
 
+  /// ", adapters=[default: r=4, alpha=32]" (and ", merged=true"), for pretty_print.
+  void print_adapters(std::ostream& stream) const {
+    if (names_.empty()) return;
+    stream << ", adapters=[";
+    for (size_t i = 0; i < names_.size(); ++i) {
+      const auto& o = options_.at(names_[i]);
+      stream << (i ? ", " : "") << names_[i] << ": r=" << o.r() << ", alpha=" << o.alpha();
+    }
+    stream << "]" << (merged() ? ", merged=true" : "");
+  }
+
+  /// W0 as it was before the first merge (undefined when not merged); not a registered buffer,
+  /// so it stays out of state dicts; the layer's to() and clone() carry it along.
+  torch::Tensor& unmerged_weight() { return unmerged_weight_; }
+  const torch::Tensor& unmerged_weight() const { return unmerged_weight_; }
+
+ private:
   /// Adapter options by name, names in insertion order, the active and the merged ones.
   std::map<std::string, AdapterOptions> options_;
   std::vector<std::string> names_;
   std::vector<std::string> active_;
   std::vector<std::string> merged_;
-  /// W0 as it was before the first merge; not a registered buffer, so it stays
-  /// out of state dicts; the layer's to() and clone() carry it along.
   torch::Tensor unmerged_weight_;
 };
 
@@ -231,22 +268,22 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
     auto dst = copy->named_parameters(/*recurse=*/true);
     for (const auto& p : this->named_parameters(/*recurse=*/true))
       dst[p.key()].requires_grad_(p.value().requires_grad());
-    if (unmerged_weight_.defined())
-      copy->unmerged_weight_ = device ? unmerged_weight_.to(*device, false, true) : unmerged_weight_.clone();
+    if (unmerged_weight().defined())
+      copy->unmerged_weight() = device ? unmerged_weight().to(*device, false, true) : unmerged_weight().clone();
     return copy;
   }
 
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override {
     torch::nn::Module::to(device, dtype, non_blocking);
-    if (unmerged_weight_.defined()) unmerged_weight_ = unmerged_weight_.to(device, dtype, non_blocking);
+    if (unmerged_weight().defined()) unmerged_weight() = unmerged_weight().to(device, dtype, non_blocking);
   }
   void to(torch::Dtype dtype, bool non_blocking = false) override {
     torch::nn::Module::to(dtype, non_blocking);
-    if (unmerged_weight_.defined()) unmerged_weight_ = unmerged_weight_.to(dtype, non_blocking);
+    if (unmerged_weight().defined()) unmerged_weight() = unmerged_weight().to(dtype, non_blocking);
   }
   void to(torch::Device device, bool non_blocking = false) override {
     torch::nn::Module::to(device, non_blocking);
-    if (unmerged_weight_.defined()) unmerged_weight_ = unmerged_weight_.to(device, non_blocking);
+    if (unmerged_weight().defined()) unmerged_weight() = unmerged_weight().to(device, non_blocking);
   }
 
  protected:
@@ -260,7 +297,7 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
     }
     A_ = self.register_module(name_A, torch::nn::ModuleDict());
     B_ = self.register_module(name_B, torch::nn::ModuleDict());
-    for (const auto& n : names_) create_adapter(n);
+    for (const auto& n : adapter_names()) create_adapter(n);
   }
 
   /// A bias-free Linear whose weight [rows, cols] holds an adapter matrix; its own
@@ -272,7 +309,7 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
   /// Moves A and B to the base weight's device and the adapter's dtype, then registers them.
   void insert_adapter(const std::string& name, torch::nn::Linear A, torch::nn::Linear B) {
     const auto device = this->base_weight().device();
-    const auto dtype = options_.at(name).dtype();
+    const auto dtype = adapter_options(name).dtype();
     A->to(device, dtype);
     B->to(device, dtype);
     A_->update({{name, A.ptr()}});

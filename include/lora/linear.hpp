@@ -113,12 +113,12 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   torch::Tensor forward(const torch::Tensor& input) {
     detail::LinearPlan plan;
     std::vector<std::pair<torch::Tensor, torch::Tensor>> adapters;
-    for (const auto& name : active_) {
+    for (const auto& name : active_adapters()) {
       if (is_merged(name)) {
         check_not_training_merged(name);
         continue;
       }
-      const auto& o = options_.at(name);
+      const auto& o = adapter_options(name);
       plan.terms.push_back({o.scaling(), o.dropout(), o.enable()});
       adapters.emplace_back(lora_A(name), lora_B(name));
     }
@@ -149,6 +149,31 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   torch::Tensor& base_weight() override { return weight; }
   torch::Tensor base_bias() override { return bias; }
 
+  std::string kind() const override { return "Linear"; }
+  std::string peft_key(const std::string& which) const override { return "lora_" + which + ".weight"; }
+  std::vector<int64_t> file_shape(const std::string& which, int64_t r) const override {
+    return which == "A" ? std::vector<int64_t>{r, options.in_features()} : std::vector<int64_t>{options.out_features(), r};
+  }
+  /// With a slice mask, the exact whole-layer equivalent: B expanded to [out, k·r] with its
+  /// blocks on their output slices (zero elsewhere), rank k·r and alpha·k (alpha·√k under
+  /// rsLoRA) so that the scaling stays the same.
+  FileForm file_form(const std::string& name) override {
+    const auto& o = adapter_options(name);
+    torch::Tensor A = lora_A(name).detach(), B = lora_B(name).detach();
+    if (o.enable().empty()) return {A, B, o.r(), o.alpha()};
+    const int64_t n = static_cast<int64_t>(o.enable().size()), k = detail::count_enabled(o.enable());
+    const int64_t out = options.out_features(), slice = out / n, r = o.r();
+    torch::Tensor full = torch::zeros({out, k * r}, B.options());
+    int64_t i = 0;
+    for (int64_t j = 0; j < n; ++j)
+      if (o.enable()[j]) {
+        full.narrow(0, j * slice, slice).narrow(1, i * r, r).copy_(B.narrow(0, i * slice, slice));
+        ++i;
+      }
+    const double factor = o.use_rslora() ? std::sqrt(double(k)) : double(k);
+    return {A, full, k * r, o.alpha() * factor};
+  }
+
   std::string describe() const override {
     return "LoRALinear(in_features=" + std::to_string(options.in_features()) +
            ", out_features=" + std::to_string(options.out_features()) + ")";
@@ -169,7 +194,7 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
 
  protected:
   void create_adapter(const std::string& name) override {
-    const auto& o = options_.at(name);
+    const auto& o = adapter_options(name);
     const int64_t n = o.enable().empty() ? 1 : static_cast<int64_t>(o.enable().size());
     const int64_t k = o.enable().empty() ? 1 : detail::count_enabled(o.enable());
     auto A = make_holder(k * o.r(), options.in_features());  // kaiming_uniform(a = sqrt(5))
@@ -194,16 +219,6 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   }
 
  private:
-  void print_adapters(std::ostream& stream) const {
-    if (names_.empty()) return;
-    stream << ", adapters=[";
-    for (size_t i = 0; i < names_.size(); ++i) {
-      const auto& o = options_.at(names_[i]);
-      stream << (i ? ", " : "") << names_[i] << ": r=" << o.r() << ", alpha=" << o.alpha();
-    }
-    stream << "]" << (merged() ? ", merged=true" : "");
-  }
-
   torch::Tensor pending_weight_, pending_bias_;  // set by the wrapping constructor, consumed by reset()
 };
 
