@@ -140,7 +140,7 @@ TEST_F(InjectTest, ReportCountsParametersAndPrintsLikePeft) {
   std::ostringstream s;
   s << report;  // PEFT: f"trainable params: {t:,d} || all params: {a:,d} || trainable%: {100 * t / a:.4f}"
   EXPECT_EQ(s.str(), "trainable params: 224 || all params: 2,081 || trainable%: 10.7641");
-  EXPECT_EQ(lora::detail::with_commas(124734720), "124,734,720");
+  EXPECT_EQ(lora::with_commas(124734720), "124,734,720");
 }
 
 TEST_F(InjectTest, BiasModesChooseTrainableBiases) {

@@ -111,7 +111,7 @@ std::vector<Grouped> group_by_mr(const std::vector<Pair>& pairs) {
 }
 
 Example encode_example(const gpt2::Tokenizer& tok, const Pair& pair, int64_t max_len) {
-  const int64_t eos = 50256;
+  const int64_t eos = tok.eos_id();  // 50256, "<|endoftext|>"
   Example e;
   e.tokens = tok.encode(pair.mr);
   e.tokens.push_back(eos);

@@ -4,6 +4,7 @@
 #include "data.hpp"
 #include "generate.hpp"
 #include "hub.hpp"
+#include "report.hpp"
 #include "model.hpp"
 #include "scorer.hpp"
 #include "tokenizer.hpp"
@@ -30,13 +31,6 @@ namespace {
 struct Fail : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-/// A number as a person writes it: 0.0002 -> "0.0002", 32 -> "32".
-std::string fmt_num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 /// --model values: a folder, or a hub model id found in the local HuggingFace cache (gpt2/hub.hpp).
 std::string model_folder(const std::string& name_or_path) {
@@ -99,8 +93,8 @@ TrainResult train(const TrainArgs& a) {
   result.total = trainer.parameter_count();
   result.total_steps = trainer.total_steps();
   result.trainable = trainer.trainable_count();
-  std::cout << "trainable params: " << lora::detail::with_commas(result.trainable)
-            << " || all params: " << lora::detail::with_commas(result.total) << "\n";
+  std::cout << "trainable params: " << lora::with_commas(result.trainable)
+            << " || all params: " << lora::with_commas(result.total) << "\n";
   fs::create_directories(a.out);
   if (!a.resume.empty()) {
     trainer.load_state(a.resume);
@@ -176,7 +170,7 @@ GenResult generate(const std::string& model_dir, const std::string& adapter, con
   std::ofstream hyp(out + "/hypothesis.txt"), refs(out + "/references.txt");
   for (size_t i = 0; i < groups.size(); ++i) {
     auto prompt = tok.encode(groups[i].mr);
-    prompt.push_back(50256);
+    prompt.push_back(tok.eos_id());
     const auto ids = gpt2::generate(*model, {prompt}, options)[0];
     result.tokens += static_cast<int64_t>(ids.size());
     std::string text = gpt2::clean_text(tok.decode(ids));
@@ -220,39 +214,6 @@ long peak_rss_mb() {
   return u.ru_maxrss / 1024;
 }
 
-/// The training loss as an SVG polyline (raw per-step loss and a 20-step moving average).
-void write_loss_svg(const std::string& path, const std::vector<double>& losses) {
-  const double W = 720, H = 360, L = 60, R = 20, T = 30, B = 40;
-  double lo = 1e30, hi = -1e30;
-  for (double v : losses) lo = std::min(lo, v), hi = std::max(hi, v);
-  if (losses.empty() || hi <= lo) hi = lo + 1;
-  auto x = [&](size_t i) { return L + (W - L - R) * (losses.size() > 1 ? double(i) / double(losses.size() - 1) : 0.0); };
-  auto y = [&](double v) { return T + (H - T - B) * (hi - v) / (hi - lo); };
-  std::ofstream svg(path);
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      << "<text x=\"" << W / 2 << "\" y=\"18\" text-anchor=\"middle\">training loss (label-smoothed) per step</text>\n"
-      << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
-      << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
-      << "<text x=\"" << L - 6 << "\" y=\"" << T + 4 << "\" text-anchor=\"end\">" << std::setprecision(3) << hi << "</text>\n"
-      << "<text x=\"" << L - 6 << "\" y=\"" << H - B << "\" text-anchor=\"end\">" << lo << "</text>\n"
-      << "<text x=\"" << W - R << "\" y=\"" << H - B + 16 << "\" text-anchor=\"end\">step " << losses.size() << "</text>\n";
-  auto poly = [&](const std::vector<double>& v, const char* color, double width) {
-    svg << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width << "\" points=\"";
-    for (size_t i = 0; i < v.size(); ++i) svg << std::fixed << std::setprecision(1) << x(i) << "," << y(v[i]) << " ";
-    svg << "\"/>\n";
-  };
-  poly(losses, "#9ecae1", 1);
-  std::vector<double> avg;
-  double sum = 0;
-  for (size_t i = 0; i < losses.size(); ++i) {
-    sum += losses[i] - (i >= 20 ? losses[i - 20] : 0.0);
-    avg.push_back(sum / double(std::min<size_t>(i + 1, 20)));
-  }
-  poly(avg, "#08519c", 2);
-  svg << "</svg>\n";
-}
-
 struct RunArgs {
   std::string model, data, vocab, out = "runs/e2e", device = "cpu", dtype = "fp32";
   int64_t max_steps = -1, gen_limit = -1, valid_limit = -1, beams = 10, threads = 0, epochs = 5, batch_size = 8, seed = 110;
@@ -294,46 +255,38 @@ int run(const RunArgs& r) {
   const auto tr = train(t);
   const int64_t limit = r.gen_limit >= 0 ? r.gen_limit : (smoke ? 30 : 0);
   const auto gen = generate(model, t.out + "/adapter", data + "/test.txt", r.out + "/generate", limit, r.beams, 64, r.device);
+  std::string decoding;
+  {
+    auto d = gpt2::paper_decoding();
+    std::ostringstream text;
+    text << "beam " << r.beams << ", length penalty " << d.length_penalty << ", no-repeat " << d.no_repeat_ngram_size
+         << "-grams, 64 new tokens, EOS";
+    for (int64_t id : d.eos_token_ids) text << " " << id;
+    decoding = text.str();
+  }
   const auto scores = e2e::score(gen.hyps, gen.refs);
-  write_loss_svg(r.out + "/loss.svg", tr.losses);
+  e2e::write_loss_svg(r.out + "/loss.svg", tr.losses);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  std::ofstream md(r.out + "/report.md");
-  md << std::fixed;
-  md << "# GPT-2 + LoRA on E2E NLG\n\n";
-  if (smoke)
-    md << "**Smoke mode**: a small randomly initialised GPT-2 (2 layers, 128 wide), " << tr.steps
-       << " training steps, " << gen.hyps.size() << " test MRs. The numbers mean nothing; they show the pipeline runs.\n\n";
-  md << "## Configuration\n\n| | |\n|---|---|\n"
-     << "| model | `" << model << "` |\n| data | `" << data << "` |\n"
-     << "| method | " << (t.o.method == "lora" ? "LoRA: r = " + std::to_string(t.o.rank) + ", alpha = " + fmt_num(t.o.alpha) +
-                                                     ", dropout " + fmt_num(t.o.lora_dropout) + ", `" + t.o.targets + "`" +
-                                                     (t.o.qv_only && t.o.targets == "c_attn" ? " (q and v slices)" : "")
-                                               : std::string("full fine-tuning")) << " |\n"
-     << "| optimiser | " << (t.o.optimizer == "reference" ? "examples/NLG's AdamW" : "LibTorch's AdamW") << ", lr "
-     << fmt_num(t.o.lr) << ", weight decay " << fmt_num(t.o.weight_decay) << ", betas 0.9/0.999, eps 1e-6; linear schedule, warm-up "
-     << t.o.warmup << " of " << tr.total_steps << " steps" << (t.o.clip > 0 ? ", clip " + fmt_num(t.o.clip) : std::string()) << " |\n"
-     << "| model dropout | " << (t.o.model_dropout ? "config.json's" : "none (as the reference model)") << " |\n"
-     << "| epochs / batch / grad accum / label smoothing / seed | " << t.o.epochs << " / " << t.o.batch_size << " / "
-     << t.o.grad_accum << " / " << fmt_num(t.o.label_smoothing) << " / " << t.o.seed << " |\n"
-     << "| device / dtype | " << t.o.device << " / " << t.o.dtype << " |\n"
-     << "| decoding | beam " << r.beams << ", length penalty 0.8, no-repeat 4-grams, 64 new tokens, EOS 50256 and 628 |\n\n";
-  md << "## Cost\n\n| | |\n|---|---|\n"
-     << "| trainable parameters | " << lora::detail::with_commas(tr.trainable) << " of " << lora::detail::with_commas(tr.total)
-     << " (" << std::setprecision(4) << 100.0 * double(tr.trainable) / double(tr.total) << "%) |\n"
-     << std::setprecision(1) << "| training | " << tr.steps << " steps, " << tr.seconds << " s, "
-     << double(tr.tokens) / std::max(tr.seconds, 1e-9) << " completion tokens/s |\n"
-     << "| generation | " << gen.hyps.size() << " MRs, " << gen.seconds << " s |\n"
-     << "| peak memory (RSS) | " << peak_rss_mb() << " MB |\n| total time | " << total << " s |\n\n";
-  if (!tr.valid.empty()) md << "Validation loss after the last epoch: " << std::setprecision(4) << tr.valid.back() << "\n\n";
-  md << "## Metrics\n\nScored with this project's C++ port of the official E2E scorer (METEOR is not computed: it needs "
-        "a Java jar with paraphrase tables).\n\n"
-     << "| | BLEU | NIST | METEOR | ROUGE-L | CIDEr |\n|---|---|---|---|---|---|\n"
-     << std::setprecision(2) << "| this run" << (smoke ? " (smoke)" : "") << " | " << 100 * scores.bleu << " | " << scores.nist
-     << " | n/a | " << 100 * scores.rouge_l << " | " << scores.cider << " |\n"
-     << "| paper, GPT-2 M + LoRA (Table 3) | 70.4 | 8.85 | 46.8 | 71.8 | 2.53 |\n"
-     << "| paper, GPT-2 L + LoRA (Table 3) | 70.4 | 8.89 | 46.8 | 72.0 | 2.47 |\n\n"
-     << "![training loss](loss.svg)\n";
+  e2e::RunReport rep;
+  rep.smoke = smoke;
+  rep.model = model;
+  rep.data = data;
+  rep.options = t.o;
+  rep.decoding = decoding;
+  rep.trainable = tr.trainable;
+  rep.total = tr.total;
+  rep.steps = tr.steps;
+  rep.total_steps = tr.total_steps;
+  rep.tokens = tr.tokens;
+  rep.train_seconds = tr.seconds;
+  rep.generate_seconds = gen.seconds;
+  rep.total_seconds = total;
+  rep.mrs = gen.hyps.size();
+  rep.peak_rss_mb = peak_rss_mb();
+  rep.valid = tr.valid;
+  rep.scores = scores;
+  e2e::write_report(r.out + "/report.md", rep);
   std::cout << std::setprecision(4) << "BLEU " << scores.bleu << "  NIST " << scores.nist << "  ROUGE_L " << scores.rouge_l
             << "  CIDEr " << scores.cider << "\nwrote " << r.out << "/report.md and " << r.out << "/loss.svg ("
             << std::lround(total) << " s)\n";

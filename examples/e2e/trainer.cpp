@@ -80,10 +80,20 @@ void set_rng_state(torch::Device device, const torch::Tensor& state) {
 }  // namespace
 
 torch::Device device_named(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name != "cuda") throw std::invalid_argument("--device must be cpu or cuda, got '" + name + "'");
-  if (!torch::cuda::is_available()) throw std::invalid_argument("--device cuda: no CUDA device is available");
-  return torch::kCUDA;
+  c10::optional<torch::Device> device;
+  try {
+    device = torch::Device(name);  // LibTorch's own parser: "cpu", "cuda", "cuda:1", ...
+  } catch (const c10::Error&) {
+  }
+  if (!device || !(device->is_cpu() || device->is_cuda()))
+    throw std::invalid_argument("--device must be cpu, cuda or cuda:N, got '" + name + "'");
+  if (device->is_cuda()) {
+    if (!torch::cuda::is_available()) throw std::invalid_argument("--device " + name + ": no CUDA device is available");
+    if (device->has_index() && device->index() >= static_cast<int64_t>(torch::cuda::device_count()))
+      throw std::invalid_argument("--device " + name + ": this machine has " + std::to_string(torch::cuda::device_count()) +
+                                  " CUDA device(s)");
+  }
+  return *device;
 }
 
 std::pair<torch::Tensor, torch::Tensor> completion_loss(gpt2::GPT2LMHeadModelImpl& model, const Batch& batch,
@@ -237,7 +247,8 @@ void Trainer::save_state(const std::string& file) const {
   if (device_.is_cuda()) archive.write("rng_cuda", rng_state(device_), true);
   std::ostringstream bytes;
   archive.save_to(bytes);
-  lora::detail::write_text(file, bytes.str());
+  const std::string data = bytes.str();  // written atomically: a crash leaves the previous state whole
+  lora::safetensors::atomic_write(file, [&](std::FILE* f) { lora::safetensors::write_bytes(f, data.data(), data.size(), file); });
 }
 
 void Trainer::load_state(const std::string& path) {
@@ -294,7 +305,7 @@ void Trainer::load_state(const std::string& path) {
                                "': was it saved for another model or adapter configuration?");
     if (!v.sizes().equals(p.sizes()))
       throw std::runtime_error("trainer state '" + file + "': parameter '" + name + "' has shape " +
-                               lora::detail::shape_str(v.sizes()) + ", the model's is " + lora::detail::shape_str(p.sizes()) +
+                               lora::shape_str(v.sizes()) + ", the model's is " + lora::shape_str(p.sizes()) +
                                ": was it saved with another --rank or model?");
     values.push_back(v);
   }

@@ -33,8 +33,8 @@ struct TrainOptions {
   std::string dtype = "fp32";  ///< "fp32", or "bf16": bf16 autocast (CUDA only; weights stay fp32)
 };
 
-/// The device of a --device value: "cpu", or "cuda" where a CUDA device is present; anything else
-/// is an error naming the value.
+/// The device of a --device value, parsed by torch::Device: "cpu", or "cuda" / "cuda:N" where that
+/// CUDA device is present; anything else is an error naming the value.
 torch::Device device_named(const std::string& name);
 
 /// The batch's per-example sums of the reference loss over completion tokens and their counts

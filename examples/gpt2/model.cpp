@@ -202,7 +202,7 @@ torch::Tensor GPT2LMHeadModelImpl::hidden_states(const torch::Tensor& input_ids,
   torch::Tensor allowed = causal.view({1, 1, T, total}), positions;
   if (attention_mask.defined()) {
     if (attention_mask.size(0) != B || attention_mask.size(1) != total)
-      throw std::invalid_argument("gpt2: attention_mask has shape " + lora::detail::shape_str(attention_mask.sizes()) + ", expected [" +
+      throw std::invalid_argument("gpt2: attention_mask has shape " + lora::shape_str(attention_mask.sizes()) + ", expected [" +
                                   std::to_string(B) + "," + std::to_string(total) + "] (past + new tokens)");
     auto keep = attention_mask.to(torch::kBool);
     allowed = allowed.logical_and(keep.view({B, 1, 1, total}));
@@ -252,8 +252,8 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
     auto value = lora::to_tensor(t);
     if (is_conv1d_weight(key)) value = value.t();
     if (value.sizes() != params[key].sizes()) {
-      wrong.push_back(t.name + " has shape " + lora::detail::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
-                      lora::detail::shape_str(is_conv1d_weight(key) ? params[key].t().sizes() : params[key].sizes()));
+      wrong.push_back(t.name + " has shape " + lora::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
+                      lora::shape_str(is_conv1d_weight(key) ? params[key].t().sizes() : params[key].sizes()));
       continue;
     }
     params[key].copy_(value);

@@ -31,8 +31,7 @@ struct InjectReport {
   double trainable_percent() const { return all_params ? 100.0 * trainable_params / all_params : 0.0; }
 };
 
-namespace detail {
-
+/// "124,734,720": a count as the report prints it (PEFT's print_trainable_parameters style).
 inline std::string with_commas(int64_t v) {
   std::string digits = std::to_string(v < 0 ? -v : v), out;
   for (size_t i = 0; i < digits.size(); ++i) {
@@ -41,6 +40,10 @@ inline std::string with_commas(int64_t v) {
   }
   return v < 0 ? "-" + out : out;
 }
+
+namespace detail {
+
+using lora::with_commas;
 
 inline std::string list_names(const std::vector<std::string>& names, size_t most = 40) {
   std::string out;

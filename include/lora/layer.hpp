@@ -246,14 +246,16 @@ class LoRALayer {
   torch::Tensor unmerged_weight_;
 };
 
-namespace detail {
-
-/// "[2304,8]": a shape as error messages print it.
+/// "[2304,8]": a shape as this library's error messages print it.
 inline std::string shape_str(torch::IntArrayRef s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
   return out + "]";
 }
+
+namespace detail {
+
+using lora::shape_str;
 
 /// Shared Module plumbing for LoRA layers: `clone()` and `to()` overrides that
 /// keep requires_grad flags and the saved unmerged weight, and the adapter dicts.

@@ -80,8 +80,10 @@ class LoRALinearFunction : public torch::autograd::Function<LoRALinearFunction> 
     bool fused = false;    ///< applied through W0 + s·B·A (no dropout, float32/float64)
   };
 
-  /// The forward without autograd bookkeeping; fills `states` (one per term) when given.
-  static torch::Tensor run(torch::TensorList t, const LinearPlan& plan, std::vector<TermState>* states) {
+  /// The forward without autograd bookkeeping; fills `states` (one per term) and hands out x and
+  /// W0 in the compute dtype (the same tensors when no cast was needed) when asked.
+  static torch::Tensor run(torch::TensorList t, const LinearPlan& plan, std::vector<TermState>* states,
+                           torch::Tensor* x_used = nullptr, torch::Tensor* w_used = nullptr) {
     const torch::Tensor& x = t[0];
     const auto cd = compute_dtype(x);
     const torch::Tensor xc = x.to(cd);
@@ -116,14 +118,16 @@ class LoRALinearFunction : public torch::autograd::Function<LoRALinearFunction> 
     for (size_t i = 0; i < plan.terms.size(); ++i)
       if (!local[i].fused) add_update(y, local[i].h, Bs[i], plan.terms[i]);
     if (states) *states = std::move(local);
+    if (x_used) *x_used = xc;
+    if (w_used) *w_used = W;
     return y;
   }
 
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::TensorList t, const LinearPlan& plan) {
     std::vector<TermState> states;
-    torch::Tensor y = run(t, plan, &states);
-    const auto cd = compute_dtype(t[0]);
-    std::vector<torch::Tensor> saved{t[0].to(cd), t[1].to(cd)};
+    torch::Tensor xc, W;  // under autocast, the casts the forward made (saved, not made again)
+    torch::Tensor y = run(t, plan, &states, &xc, &W);
+    std::vector<torch::Tensor> saved{xc, W};
     std::vector<double> scales, dropouts;
     std::vector<int64_t> enables, fused;  // enables: per term, its length then its flags
     const size_t first = plan.has_bias ? 3 : 2;

@@ -3,11 +3,15 @@
 
 #include "data.hpp"
 #include "model.hpp"
+#include "report.hpp"
 #include "tokenizer.hpp"
 #include "../../test_util.hpp"
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -159,4 +163,28 @@ TEST(E2EData, PerBatchPaddingGivesTheLossesOfPaddingTo512) {
                                               [&](const torch::Tensor& h) { return model.lm_head(h); }, tight, 0.1);
   EXPECT_TRUE(torch::equal(nc, na));
   EXPECT_LT(((fast - a).abs() / a.abs()).max().item<double>(), 1e-5);
+}
+
+TEST(E2EReport, ConfigurationIsTheOneTheRunUsed) {
+  e2e::RunReport r;
+  r.model = "gpt2-medium";
+  r.options.method = "lora";
+  r.options.rank = 8;
+  r.options.alpha = 16;
+  r.options.optimizer = "torch";
+  r.options.model_dropout = true;
+  r.options.warmup = 7;
+  r.total_steps = 70;
+  r.decoding = "beam 3";
+  r.trainable = 10;
+  r.total = 1000;
+  const auto path = std::filesystem::temp_directory_path() / ("e2e_report_" + std::to_string(::getpid()) + ".md");
+  e2e::write_report(path.string(), r);
+  std::ifstream in(path);
+  const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const char* want : {"| method | LoRA: r = 8, alpha = 16, dropout 0.1, `c_attn` (q and v slices) |",
+                           "| optimiser | LibTorch's AdamW, lr 0.0002, weight decay 0.01", "warm-up 7 of 70 steps",
+                           "| model dropout | config.json's |", "| decoding | beam 3 |", "10 of 1,000 (1.0000%)"})
+    EXPECT_NE(md.find(want), std::string::npos) << want << "\n" << md;
+  std::filesystem::remove(path);
 }

@@ -246,6 +246,23 @@ TEST(E2ETrainer, BadOptionsAreRefused) {
     o.dtype = "bf16";
     EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("use it with --device cuda"), std::string::npos);
   }
+  o = options();
+  o.optimizer = "adam";
+  EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("--optimizer must be reference or torch"), std::string::npos);
+}
+
+TEST(E2ETrainer, DevicesAreParsedByLibTorch) {
+  EXPECT_EQ(e2e::device_named("cpu"), torch::Device(torch::kCPU));
+  for (const std::string bad : {"tpu", "cuda:x", "", "cpu0"})
+    EXPECT_NE(error_of([&] { e2e::device_named(bad); }).find("--device must be cpu, cuda or cuda:N, got '" + bad + "'"),
+              std::string::npos) << bad;
+  if (!torch::cuda::is_available()) {
+    EXPECT_NE(error_of([] { e2e::device_named("cuda:1"); }).find("--device cuda:1: no CUDA device is available"), std::string::npos);
+  } else {
+    EXPECT_EQ(e2e::device_named("cuda:0"), torch::Device(torch::kCUDA, 0));
+    const auto n = std::to_string(torch::cuda::device_count());
+    EXPECT_NE(error_of([&] { e2e::device_named("cuda:" + n); }).find("this machine has " + n + " CUDA device(s)"), std::string::npos);
+  }
 }
 
 // bf16 autocast: the loss and the adapter's first update stay close to fp32 on the same batch,
