@@ -11,32 +11,6 @@ namespace lora {
 
 namespace detail {
 
-/// Adds `scale * (x Aᵀ) Bᵀ` into `out2d` ([N, out]); `x2d` is [N, in]. With a slice
-/// mask over n equal output slices, A is [k·r, in] and B is [k·(out/n), r] for the k
-/// enabled slices, and the i-th enabled slice j only touches output columns
-/// [j·out/n, (j+1)·out/n). This is the one place where an adapter meets a matmul.
-inline void add_lora_update(torch::Tensor& out2d, const torch::Tensor& x2d, const torch::Tensor& A,
-                            const torch::Tensor& B, double scale, const std::vector<bool>& enable) {
-  torch::Tensor h = torch::mm(x2d, A.t()).mul_(scale);  // [N, k·r], small: scaling here is cheapest
-  const bool same = out2d.scalar_type() == B.scalar_type();
-  auto add = [&](torch::Tensor dst, const torch::Tensor& hi, const torch::Tensor& Bi) {
-    if (same)
-      dst.addmm_(hi, Bi.t());
-    else
-      dst.add_(torch::mm(hi, Bi.t()).to(out2d.scalar_type()));
-  };
-  if (enable.empty()) return add(out2d, h, B);
-  const int64_t n = static_cast<int64_t>(enable.size());
-  const int64_t slice = out2d.size(1) / n;
-  const int64_t r = B.size(1);
-  int64_t i = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    if (!enable[j]) continue;
-    add(out2d.narrow(1, j * slice, slice), h.narrow(1, i * r, r), B.narrow(0, i * slice, slice));
-    ++i;
-  }
-}
-
 inline int64_t count_enabled(const std::vector<bool>& enable) {
   return static_cast<int64_t>(std::count(enable.begin(), enable.end(), true));
 }
@@ -138,12 +112,7 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
     const auto& o = adapter_options(name);
     const auto dtype = torch::promote_types(torch::kFloat32, weight.scalar_type());
     torch::Tensor A = lora_A(name).detach().to(dtype), B = lora_B(name).detach().to(dtype);
-    if (o.enable().empty()) return torch::mm(B, A).mul_(o.scaling());
-    torch::Tensor delta = torch::zeros({options.out_features(), options.in_features()}, A.options());
-    torch::Tensor x = torch::eye(options.in_features(), A.options());  // ΔWᵀ = update of the identity
-    torch::Tensor out = delta.t();                                     // [in, out] view, written in place
-    detail::add_lora_update(out, x, A, B, o.scaling(), o.enable());
-    return delta;
+    return torch::mm(detail::full_B(B, o.enable(), options.out_features()), A).mul_(o.scaling());
   }
 
   torch::Tensor& base_weight() override { return weight; }
@@ -161,17 +130,10 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
     const auto& o = adapter_options(name);
     torch::Tensor A = lora_A(name).detach(), B = lora_B(name).detach();
     if (o.enable().empty()) return {A, B, o.r(), o.alpha()};
-    const int64_t n = static_cast<int64_t>(o.enable().size()), k = detail::count_enabled(o.enable());
-    const int64_t out = options.out_features(), slice = out / n, r = o.r();
-    torch::Tensor full = torch::zeros({out, k * r}, B.options());
-    int64_t i = 0;
-    for (int64_t j = 0; j < n; ++j)
-      if (o.enable()[j]) {
-        full.narrow(0, j * slice, slice).narrow(1, i * r, r).copy_(B.narrow(0, i * slice, slice));
-        ++i;
-      }
+    const int64_t k = detail::count_enabled(o.enable());
+    const torch::Tensor full = detail::full_B(B, o.enable(), options.out_features());
     const double factor = o.use_rslora() ? std::sqrt(double(k)) : double(k);
-    return {A, full, k * r, o.alpha() * factor};
+    return {A, full, k * o.r(), o.alpha() * factor};
   }
 
   std::string describe() const override {

@@ -71,6 +71,18 @@ inline std::vector<std::pair<int64_t, int64_t>> slice_blocks(const std::vector<b
   return out;
 }
 
+/// B of a slice-masked adapter as the dense [out, k·r] matrix it stands for: block i of B on its
+/// output slice j, zero elsewhere (so ΔW = s·full_B·A). Without a mask, B itself.
+inline torch::Tensor full_B(const torch::Tensor& B, const std::vector<bool>& enable, int64_t out) {
+  if (enable.empty()) return B;
+  const auto blocks = slice_blocks(enable);
+  const int64_t r = B.size(1), slice = out / static_cast<int64_t>(enable.size());
+  torch::Tensor full = torch::zeros({out, static_cast<int64_t>(blocks.size()) * r}, B.options());
+  for (const auto& [bi, j] : blocks)
+    full.narrow(0, j * slice, slice).narrow(1, bi * r, r).copy_(B.narrow(0, bi * slice, slice));
+  return full;
+}
+
 class LoRALinearFunction : public torch::autograd::Function<LoRALinearFunction> {
  public:
   /// Everything the backward needs of one adapter, filled by `run`.
@@ -234,17 +246,6 @@ class LoRALinearFunction : public torch::autograd::Function<LoRALinearFunction> 
   /// Whether an adapter without dropout can go through W0 + s·B·A: float32/float64 compute.
   static bool fusable(at::ScalarType cd, const torch::Tensor& A) {
     return (cd == torch::kFloat || cd == torch::kDouble) && A.scalar_type() == cd;
-  }
-
-  /// B as a dense [out, k·r] matrix: its blocks on their output slices, zero elsewhere.
-  static torch::Tensor full_B(const torch::Tensor& B, const std::vector<bool>& enable, int64_t out) {
-    if (enable.empty()) return B;
-    const auto blocks = slice_blocks(enable);
-    const int64_t r = B.size(1), slice = out / static_cast<int64_t>(enable.size());
-    torch::Tensor full = torch::zeros({out, static_cast<int64_t>(blocks.size()) * r}, B.options());
-    for (const auto& [bi, j] : blocks)
-      full.narrow(0, j * slice, slice).narrow(1, bi * r, r).copy_(B.narrow(0, bi * slice, slice));
-    return full;
   }
 
   static at::ScalarType compute_dtype(const torch::Tensor& x) {
