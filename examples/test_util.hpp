@@ -15,6 +15,20 @@ inline std::string data_dir(const char* env, const std::string& sub) {
   return std::string(LORA_SOURCE_DIR) + "/../shared/data/" + sub;
 }
 
+/// Sets an environment variable for a scope (unset with an empty value), restoring it after.
+struct ScopedEnv {
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
+    value.empty() ? ::unsetenv(name) : ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
 /// The message of the exception `fn` throws ("" if none).
 inline std::string error_of(const std::function<void()>& fn) {
   try {

@@ -11,6 +11,8 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   libpcre2-dev          # GPT-2's Unicode pre-tokenizer regex
   libssl-dev pkg-config # SHA-256 in the tokenizer parity test; finding PCRE2
+  libcurl4-openssl-dev  # downloading hub models (gpt2-medium) into the HuggingFace cache
+  libgloo-dev           # Gloo's headers, which LibTorch's c10d headers include (lora/distributed.hpp)
   curl ca-certificates  # scripts/get-data.sh, only where the data is not at hand
 )
 [ "${1:-}" = "--fuzz" ] && packages+=(clang-14 libclang-rt-14-dev)

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <lora/lora.hpp>
+#include <torch/version.h>
 
 #include <string>
 
@@ -143,5 +144,35 @@ struct TinyTransformerImpl : torch::nn::Cloneable<TinyTransformerImpl> {
   torch::nn::Linear head{nullptr};
 };
 TORCH_MODULE(TinyTransformer);
+
+#if TORCH_VERSION_MAJOR >= 2
+namespace warning_api = c10::WarningUtils;  // LibTorch 2.x: c10::Warning became the warning's class
+#else
+namespace warning_api = c10::Warning;
+#endif
+
+/// Collects the c10 warnings (TORCH_WARN) raised in a scope instead of printing them.
+class CaptureWarnings : public c10::WarningHandler {
+ public:
+  CaptureWarnings() : prev_(warning_api::get_warning_handler()) { warning_api::set_warning_handler(this); }
+  ~CaptureWarnings() override { warning_api::set_warning_handler(prev_); }
+  CaptureWarnings(const CaptureWarnings&) = delete;
+  CaptureWarnings& operator=(const CaptureWarnings&) = delete;
+#if TORCH_VERSION_MAJOR >= 2
+  void process(const c10::Warning& warning) override { messages.push_back(warning.msg()); }
+#else
+  void process(const c10::SourceLocation&, const std::string& msg, const bool) override { messages.push_back(msg); }
+#endif
+  /// How many messages contain `text`.
+  size_t count(const std::string& text) const {
+    size_t n = 0;
+    for (const auto& m : messages) n += m.find(text) != std::string::npos;
+    return n;
+  }
+  std::vector<std::string> messages;
+
+ private:
+  c10::WarningHandler* prev_;
+};
 
 }  // namespace lora_test

@@ -75,7 +75,7 @@ void BM_TrainStep(benchmark::State& state) {
     e2e::TrainOptions o;
     o.pad_to = state.range(1);
     o.device = cuda ? "cuda" : "cpu";
-    o.dtype = state.range(2) == 2 ? "bf16" : "fp32";
+    o.dtype = state.range(2) == 2 ? e2e::Precision::BF16 : e2e::Precision::FP32;
     o.epochs = 1000;  // never runs out
     trainer = std::make_unique<e2e::Trainer>(std::make_shared<gpt2::GPT2LMHeadModelImpl>(shape(state.range(0))), o, d.examples.size());
     trainer->step(e2e::make_batch(d.examples, trainer->next_indices(), o.pad_to));  // warm-up: allocations, kernels

@@ -19,7 +19,7 @@ std::string num(double v) {
 }
 
 std::string method_line(const TrainOptions& o) {
-  if (o.method != "lora") return "full fine-tuning";
+  if (o.method != Method::LoRA) return "full fine-tuning";
   return "LoRA: r = " + std::to_string(o.rank) + ", alpha = " + num(o.alpha) + ", dropout " + num(o.lora_dropout) + ", `" +
          o.targets + "`" + (o.qv_only && o.targets == "c_attn" ? " (q and v slices)" : "");
 }
@@ -37,13 +37,13 @@ void write_report(const std::string& path, const RunReport& r) {
   md << "## Configuration\n\n| | |\n|---|---|\n"
      << "| model | `" << r.model << "` |\n| data | `" << r.data << "` |\n"
      << "| method | " << method_line(o) << " |\n"
-     << "| optimiser | " << (o.optimizer == "reference" ? "examples/NLG's AdamW" : "LibTorch's AdamW") << ", lr " << num(o.lr)
+     << "| optimiser | " << (o.optimizer == UpdateRule::Reference ? "examples/NLG's AdamW" : "LibTorch's AdamW") << ", lr " << num(o.lr)
      << ", weight decay " << num(o.weight_decay) << ", betas 0.9/0.999, eps 1e-6; linear schedule, warm-up " << o.warmup
      << " of " << r.total_steps << " steps" << (o.clip > 0 ? ", clip " + num(o.clip) : std::string()) << " |\n"
      << "| model dropout | " << (o.model_dropout ? "config.json's" : "none (as the reference model)") << " |\n"
      << "| epochs / batch / grad accum / label smoothing / seed | " << o.epochs << " / " << o.batch_size << " / "
      << o.grad_accum << " / " << num(o.label_smoothing) << " / " << o.seed << " |\n"
-     << "| device / dtype | " << o.device << " / " << o.dtype << " |\n"
+     << "| device / dtype | " << o.device << " / " << name_of(o.dtype) << " |\n"
      << "| decoding | " << r.decoding << " |\n\n";
   md << "## Cost\n\n| | |\n|---|---|\n"
      << "| trainable parameters | " << lora::with_commas(r.trainable) << " of " << lora::with_commas(r.total)

@@ -57,8 +57,9 @@ class CudaAutocast {
   at::ScalarType prev_dtype_ = at::kHalf;
 };
 
-// Archive keys are attribute names: no dots.
-std::string key_of(std::string name) {
+// States written before the trainer kept parameter names as they are (lora::save_lora_state's
+// convention) had '.' replaced by '/': still read.
+std::string legacy_key_of(std::string name) {
   std::replace(name.begin(), name.end(), '.', '/');
   return name;
 }
@@ -77,7 +78,30 @@ void set_rng_state(torch::Device device, const torch::Tensor& state) {
   gen.set_state(state);
 }
 
+template <class E>
+std::string name_in(const std::map<std::string, E>& names, E value) {
+  for (const auto& [name, v] : names)
+    if (v == value) return name;
+  throw std::logic_error("e2e: an enum value without a name");
+}
+
 }  // namespace
+
+const std::map<std::string, Method>& method_names() {
+  static const std::map<std::string, Method> names{{"lora", Method::LoRA}, {"full", Method::Full}};
+  return names;
+}
+const std::map<std::string, UpdateRule>& update_rule_names() {
+  static const std::map<std::string, UpdateRule> names{{"reference", UpdateRule::Reference}, {"torch", UpdateRule::Torch}};
+  return names;
+}
+const std::map<std::string, Precision>& precision_names() {
+  static const std::map<std::string, Precision> names{{"fp32", Precision::FP32}, {"bf16", Precision::BF16}};
+  return names;
+}
+std::string name_of(Method m) { return name_in(method_names(), m); }
+std::string name_of(UpdateRule u) { return name_in(update_rule_names(), u); }
+std::string name_of(Precision p) { return name_in(precision_names(), p); }
 
 torch::Device device_named(const std::string& name) {
   c10::optional<torch::Device> device;
@@ -122,22 +146,18 @@ double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& e
 
 Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples)
     : model_(std::move(model)), o_(std::move(options)), num_examples_(num_examples), device_(device_named(o_.device)) {
-  if (o_.dtype != "fp32" && o_.dtype != "bf16") throw std::invalid_argument("--dtype must be fp32 or bf16, got '" + o_.dtype + "'");
-  if (o_.dtype == "bf16" && !device_.is_cuda())
+  if (o_.dtype == Precision::BF16 && !device_.is_cuda())
     throw std::invalid_argument("--dtype bf16 is bf16 autocast on CUDA: use it with --device cuda (fp32 on the CPU)");
-  if (o_.optimizer != "reference" && o_.optimizer != "torch")
-    throw std::invalid_argument("--optimizer must be reference or torch, got '" + o_.optimizer + "'");
   if (o_.batch_size < 1 || o_.grad_accum < 1 || o_.epochs < 1)
     throw std::invalid_argument("--batch-size, --grad-accum and --epochs must be at least 1");
   if (num_examples_ == 0) throw std::invalid_argument("no training examples");
-  if (o_.method == "lora") {
-    auto cfg = lora::LoRAConfig().r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout).target_modules({o_.targets});
-    if (o_.qv_only && o_.targets == "c_attn") cfg.enable_lora({{"c_attn", {true, false, true}}});
+  if (o_.method == Method::LoRA) {
+    // The paper's config (q and v slices of c_attn), with this run's rank, alpha, dropout, targets.
+    auto cfg = gpt2::paper_lora_config().r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout);
+    if (!o_.qv_only || o_.targets != "c_attn") cfg.target_modules({o_.targets}).enable_lora({});
     lora::inject_lora(*model_, cfg);
-  } else if (o_.method == "full") {
-    for (auto& p : model_->parameters()) p.set_requires_grad(true);
   } else {
-    throw std::invalid_argument("--method must be lora or full, got '" + o_.method + "'");
+    for (auto& p : model_->parameters()) p.set_requires_grad(true);
   }
   if (!o_.model_dropout) model_->set_dropout(0.0, 0.0, 0.0);
   model_->to(device_);
@@ -148,7 +168,7 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
       params.push_back(item.value());
     }
   const auto adamw = torch::optim::AdamWOptions(o_.lr).weight_decay(o_.weight_decay).betas({0.9, 0.999}).eps(1e-6);
-  if (o_.optimizer == "reference")
+  if (o_.optimizer == UpdateRule::Reference)
     opt_ = std::make_unique<ReferenceAdamW>(params, adamw);
   else
     opt_ = std::make_unique<torch::optim::AdamW>(params, adamw);
@@ -198,7 +218,7 @@ double Trainer::step(const Batch& batch) {
   model_->train();
   torch::Tensor loss;
   {
-    CudaAutocast autocast(o_.dtype == "bf16");
+    CudaAutocast autocast(o_.dtype == Precision::BF16);
     auto [sums, counts] = completion_loss(*model_, batch, o_.label_smoothing);
     loss = sums.sum() / (counts.sum() + 1e-4);  // the reference's normalisation
   }
@@ -230,15 +250,15 @@ void Trainer::save_state(const std::string& file) const {
   torch::NoGradGuard no_grad;
   torch::serialize::OutputArchive archive;
   archive.write("format", scalar(kStateFormat));
-  archive.write("method", c10::IValue(o_.method));
-  archive.write("update_rule", c10::IValue(o_.optimizer));
+  archive.write("method", c10::IValue(name_of(o_.method)));
+  archive.write("update_rule", c10::IValue(name_of(o_.optimizer)));
   for (const auto& [key, v] : {std::pair<const char*, int64_t>{"epoch", pos_.epoch}, {"batch", pos_.batch}, {"step", pos_.step},
                                {"tokens", pos_.tokens}, {"seed", o_.seed}, {"batch_size", o_.batch_size},
                                {"grad_accum", o_.grad_accum}, {"examples", static_cast<int64_t>(num_examples_)},
                                {"total_steps", total_steps_}})
     archive.write(key, scalar(v));
   torch::serialize::OutputArchive params(archive.compilation_unit());
-  for (const auto& [name, p] : trainable_) params.write(key_of(name), p.detach().to(torch::kCPU), /*is_buffer=*/true);
+  for (const auto& [name, p] : trainable_) params.write(name, p.detach().to(torch::kCPU), /*is_buffer=*/true);
   archive.write("params", params);
   torch::serialize::OutputArchive optim(archive.compilation_unit());
   opt_->save(optim);
@@ -274,14 +294,14 @@ void Trainer::load_state(const std::string& path) {
                              ", this build reads format " + std::to_string(kStateFormat));
   c10::IValue method;
   archive.read("method", method);
-  if (method.toStringRef() != o_.method)
+  if (method.toStringRef() != name_of(o_.method))
     throw std::runtime_error("trainer state '" + file + "' was saved by a --method " + method.toStringRef() +
-                             " run; this run is --method " + o_.method);
+                             " run; this run is --method " + name_of(o_.method));
   c10::IValue optimizer("torch");  // states written before --optimizer existed used LibTorch's AdamW
   archive.try_read("update_rule", optimizer);
-  if (optimizer.toStringRef() != o_.optimizer)
+  if (optimizer.toStringRef() != name_of(o_.optimizer))
     throw std::runtime_error("trainer state '" + file + "' was saved by a --optimizer " + optimizer.toStringRef() +
-                             " run; this run is --optimizer " + o_.optimizer);
+                             " run; this run is --optimizer " + name_of(o_.optimizer));
   const std::pair<const char*, int64_t> must_match[] = {{"seed", o_.seed},
                                                         {"batch_size", o_.batch_size},
                                                         {"grad_accum", o_.grad_accum},
@@ -300,7 +320,7 @@ void Trainer::load_state(const std::string& path) {
   std::vector<torch::Tensor> values;
   for (const auto& [name, p] : trainable_) {
     torch::Tensor v;
-    if (!params.try_read(key_of(name), v, true))
+    if (!params.try_read(name, v, true) && !params.try_read(legacy_key_of(name), v, true))
       throw std::runtime_error("trainer state '" + file + "' has no value for trainable parameter '" + name +
                                "': was it saved for another model or adapter configuration?");
     if (!v.sizes().equals(p.sizes()))

@@ -6,31 +6,47 @@
 #include "model.hpp"
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace e2e {
 
+/// What train adapts: a LoRA adapter, or every weight (the paper's FT baseline).
+enum class Method { LoRA, Full };
+/// The AdamW update rule: examples/NLG's (--correct_bias; e2e::ReferenceAdamW) or LibTorch's.
+enum class UpdateRule { Reference, Torch };
+/// Training precision: fp32, or bf16 autocast on CUDA (weights, gradients, moments stay fp32).
+enum class Precision { FP32, BF16 };
+
+/// The command-line names of each enum ("lora"/"full", "reference"/"torch", "fp32"/"bf16"), also
+/// the values stored in trainer states; CLI11's CheckedTransformer validates options with them.
+const std::map<std::string, Method>& method_names();
+const std::map<std::string, UpdateRule>& update_rule_names();
+const std::map<std::string, Precision>& precision_names();
+std::string name_of(Method m);
+std::string name_of(UpdateRule u);
+std::string name_of(Precision p);
+
 /// The recipe of Hu et al. (2021) as microsoft/LoRA examples/NLG trains it (gpt2_ft.py with its
 /// README's command), as defaults.
 struct TrainOptions {
-  std::string method = "lora";    ///< "lora" or "full" (full fine-tuning, the paper's FT baseline)
+  Method method = Method::LoRA;
   std::string targets = "c_attn";  ///< module-name suffix to adapt
   bool qv_only = true;             ///< on c_attn: only the q and v slices (the paper's choice)
   int64_t rank = 4;
   double alpha = 32, lora_dropout = 0.1;
   double lr = 2e-4, weight_decay = 0.01, label_smoothing = 0.1, clip = 0;  ///< clip 0: off, as in the paper
   int64_t warmup = 500;        ///< linear warm-up steps, then linear decay to 0
-  /// "reference": examples/NLG's AdamW (--correct_bias; e2e::ReferenceAdamW); "torch": LibTorch's AdamW.
-  std::string optimizer = "reference";
+  UpdateRule optimizer = UpdateRule::Reference;
   /// Apply config.json's embd/attn/resid dropout in training. Off: the reference model has none.
   bool model_dropout = false;
   int64_t epochs = 5, batch_size = 8, grad_accum = 1, max_steps = 0;  ///< max_steps 0: all epochs
   int64_t pad_to = 0;          ///< pad each batch to this length (0: to the batch's own longest)
   int64_t seed = 110;
   std::string device = "cpu";  ///< "cpu" or "cuda"
-  std::string dtype = "fp32";  ///< "fp32", or "bf16": bf16 autocast (CUDA only; weights stay fp32)
+  Precision dtype = Precision::FP32;  ///< BF16: CUDA only
 };
 
 /// The device of a --device value, parsed by torch::Device: "cpu", or "cuda" / "cuda:N" where that

@@ -157,6 +157,7 @@ torch::Tensor BlockImpl::forward(torch::Tensor x, const torch::Tensor& allowed, 
 
 TransformerImpl::TransformerImpl(const Config& c) {
   wte = register_module("wte", lora::LoRAEmbedding(c.vocab_size, c.n_embd));
+  wte->set_tied_to("lm_head");  // the output head reads wte's weight (GPT2LMHeadModelImpl::lm_head)
   wpe = register_module("wpe", torch::nn::Embedding(c.n_positions, c.n_embd));
   h = register_module("h", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.n_layer; ++i) h->push_back(Block(c));

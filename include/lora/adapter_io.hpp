@@ -222,6 +222,7 @@ struct PeftConfig {
   std::vector<std::pair<KeyPattern, double>> alpha_pattern;
   bool has_targets = false;  // target_modules present (not null)
   TargetSelector targets;
+  bool ensure_weight_tying = false;  // PEFT ties the adapters of tied layers (embedding + head): refused on a tied layer
 
   int64_t rank_for(const std::string& name) const {
     for (const auto& kv : rank_pattern)
@@ -250,15 +251,20 @@ inline PeftConfig parse_peft_config(const std::string& path) {
   auto bad = [&](const std::string& key, const std::string& why) {
     return std::runtime_error("'" + path + "': key '" + key + "' " + why);
   };
+  PeftConfig c;
   // Keys that do not change the arithmetic of a trained adapter: read or ignored knowingly.
   static const std::set<std::string> harmless = {
       "peft_type", "base_model_name_or_path", "task_type", "inference_mode", "revision", "peft_version",
       "auto_mapping", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "target_modules",
       "exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
       "fan_in_fan_out", "init_lora_weights", "megatron_config", "megatron_core", "eva_config", "corda_config",
-      "qalora_group_size", "ensure_weight_tying"};
+      "qalora_group_size"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (harmless.count(it.key()) || is_default_value(it.value())) continue;
+    if (it.key() == "ensure_weight_tying" && it.value().is_boolean()) {  // true: checked per layer by load_adapter
+      c.ensure_weight_tying = true;
+      continue;
+    }
     if (it.key() == "modules_to_save")
       throw bad(it.key(), "is set: modules_to_save (fully trained extra modules) is not supported yet");
     throw bad(it.key(), "has a non-default value (" + it.value().dump() +
@@ -267,7 +273,6 @@ inline PeftConfig parse_peft_config(const std::string& path) {
   if (!j.contains("peft_type") || j["peft_type"] != "LORA")
     throw bad("peft_type", "must be \"LORA\": this is not a LoRA adapter");
 
-  PeftConfig c;
   try {
     if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<int64_t>() <= 0)
       throw bad("r", "must be a positive integer");
@@ -430,6 +435,11 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
       throw std::runtime_error("'" + st_path + "': tensor '" + view->name + "' has shape " + detail::shape_str(view->shape) +
                                ", expected " + detail::shape_str(want) + ": " + hint);
     }
+    if (cfg.ensure_weight_tying && !p.layer->tied_to().empty())
+      throw std::runtime_error(where + " is tied to '" + p.layer->tied_to() + "' and adapter_config.json sets "
+                               "ensure_weight_tying, which gives '" + p.layer->tied_to() + "' the same adapter: this "
+                               "loader does not implement tied adapters (train without ensure_weight_tying, or "
+                               "without an adapter on the tied layer)");
     if (p.layer->merged())
       throw std::runtime_error("load_adapter: module '" + path + "' is merged; unmerge before loading an adapter");
     if (p.layer->has_adapter(name) && options.if_exists() == IfExists::Error)

@@ -96,6 +96,14 @@ class LoRALayer {
   /// and tests build it: the forward never does.
   virtual torch::Tensor delta_weight(const std::string& name) = 0;
 
+  /// Marks the base weight as also read by `user`, something that is not this layer (GPT-2's
+  /// output head reads wte's weight: "lm_head"). An adapter here then changes only this layer's
+  /// output while unmerged, but both once merged; `merge` warns about it (as PEFT does,
+  /// huggingface/peft#2018), and `load_adapter` refuses a PEFT file that ties the adapters of
+  /// tied layers (`ensure_weight_tying`) for this layer. Empty: not tied.
+  void set_tied_to(std::string user) { tied_to_ = std::move(user); }
+  const std::string& tied_to() const { return tied_to_; }
+
   /// Adds every active, not yet merged adapter into the base weight. Merging an
   /// already merged layer does nothing. With `safe`, nothing is written if the
   /// result would hold NaN or Inf. A copy of the unmerged weight is kept (outside
@@ -112,6 +120,10 @@ class LoRALayer {
     if (safe && !torch::isfinite(merged).all().item<bool>())
       throw std::runtime_error(describe() + ": merging adapter(s) " + join(todo) +
                                " would put NaN/Inf into the weight; the weight was left untouched");
+    if (!tied_to_.empty())
+      TORCH_WARN(describe(), ": its weight is tied to '", tied_to_, "', so merging adapter(s) ", join(todo),
+                 " changes '", tied_to_, "' too, which the unmerged adapter does not: the merged model's outputs "
+                 "differ from the adapter's (see huggingface/peft#2018)");
     if (keep_copy && !unmerged_weight_.defined()) unmerged_weight_ = w.detach().clone();
     w.copy_(merged);
     merged_.insert(merged_.end(), todo.begin(), todo.end());
@@ -244,6 +256,7 @@ class LoRALayer {
   std::vector<std::string> active_;
   std::vector<std::string> merged_;
   torch::Tensor unmerged_weight_;
+  std::string tied_to_;
 };
 
 /// "[2304,8]": a shape as this library's error messages print it.

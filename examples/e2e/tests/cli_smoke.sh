@@ -35,7 +35,9 @@ test ! -e "$work/full/adapter"
 [ "$(grep -c '^$' "$work/gen/references.txt")" -eq 3 ]  # one blank line after each MR's references
 
 "$bin" score --hyp "$work/gen/hypothesis.txt" --refs "$work/gen/references.txt" --json > "$work/scores.json"
-grep -Eq '^\{"BLEU": [0-9.]+, "NIST": [0-9.]+, "METEOR": null, "ROUGE_L": [0-9.]+, "CIDEr": [0-9.]+\}$' "$work/scores.json"
+num='[0-9.eE+-]+'
+grep -Eq "^\{\"BLEU\":$num,\"NIST\":$num,\"METEOR\":null,\"ROUGE_L\":$num,\"CIDEr\":$num\}$" "$work/scores.json" \
+  || { cat "$work/scores.json"; exit 1; }
 
 "$bin" eval --model "$work/model" --adapter "$work/run/adapter" --data "$work/data/valid.txt" --limit 8 | tail -n 1 \
   | grep -Eq '^mean_loss [0-9]+\.[0-9]{9,}$'
@@ -55,5 +57,9 @@ expect_fail "$bin" eval --model "$work/model" --data "$work/bad.txt"
 mkdir "$work/notok" && cp "$work/model/config.json" "$work/model/model.safetensors" "$work/notok/"
 expect_fail "$bin" eval --model "$work/notok" --data "$work/data/valid.txt"
 "$bin" init --out "$work/other" --layers 1 --embd 64 --heads 2 --vocab "$vocab" > /dev/null
+expect_fail "$bin" train --model "$work/model" --data "$work/data" --out "$work/bad" --method adapter
+grep -q -- "--method" "$work/err.txt"
+expect_fail "$bin" train --model "$work/model" --data "$work/data" --out "$work/bad" --dtype fp16
+expect_fail "$bin" generate --model "$work/model" --data "$work/data/test.txt" --out "$work/bad" --device tpu
 expect_fail "$bin" eval --model "$work/other" --adapter "$work/run/adapter" --data "$work/data/valid.txt"
 echo "cli smoke test passed"

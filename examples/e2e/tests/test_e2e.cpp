@@ -168,10 +168,10 @@ TEST(E2EData, PerBatchPaddingGivesTheLossesOfPaddingTo512) {
 TEST(E2EReport, ConfigurationIsTheOneTheRunUsed) {
   e2e::RunReport r;
   r.model = "gpt2-medium";
-  r.options.method = "lora";
+  r.options.method = e2e::Method::LoRA;
   r.options.rank = 8;
   r.options.alpha = 16;
-  r.options.optimizer = "torch";
+  r.options.optimizer = e2e::UpdateRule::Torch;
   r.options.model_dropout = true;
   r.options.warmup = 7;
   r.total_steps = 70;

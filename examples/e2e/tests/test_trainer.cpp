@@ -186,7 +186,7 @@ TEST(E2ETrainer, GradientAccumulationResumesAndEndsWithAnOptimizerStep) {
 TEST(E2ETrainer, FullFineTuningResumesToo) {
   const auto data = examples(6);
   auto o = options();
-  o.method = "full";
+  o.method = e2e::Method::Full;
   o.lr = 1e-3;
   auto straight = tiny_model();
   e2e::Trainer a(straight, o, data.size());
@@ -219,7 +219,7 @@ TEST(E2ETrainer, StateOfAnotherRunIsRefusedWithTheOptionThatDiffers) {
   msg = error_of([&] { e2e::Trainer(tiny_model(), o, data.size()).load_state(file); });
   EXPECT_NE(msg.find("has shape [8,32], the model's is [16,32]"), std::string::npos) << msg;
   o = options();
-  o.method = "full";
+  o.method = e2e::Method::Full;
   msg = error_of([&] { e2e::Trainer(tiny_model(), o, data.size()).load_state(file); });
   EXPECT_NE(msg.find("saved by a --method lora run"), std::string::npos) << msg;
 
@@ -236,19 +236,27 @@ TEST(E2ETrainer, StateOfAnotherRunIsRefusedWithTheOptionThatDiffers) {
 
 TEST(E2ETrainer, BadOptionsAreRefused) {
   auto o = options();
-  o.dtype = "fp16";
-  EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("--dtype must be fp32 or bf16"), std::string::npos);
-  o = options();
-  o.method = "adapter";
-  EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("--method must be lora or full"), std::string::npos);
   if (!torch::cuda::is_available()) {
-    o = options();
-    o.dtype = "bf16";
+    o.dtype = e2e::Precision::BF16;
     EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("use it with --device cuda"), std::string::npos);
   }
   o = options();
-  o.optimizer = "adam";
-  EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("--optimizer must be reference or torch"), std::string::npos);
+  o.batch_size = 0;
+  EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), o, 4); }).find("--batch-size"), std::string::npos);
+  EXPECT_NE(error_of([&] { e2e::Trainer(tiny_model(), options(), 0); }).find("no training examples"), std::string::npos);
+}
+
+TEST(E2ETrainer, EnumNamesRoundTrip) {
+  // The names the CLI accepts and trainer states store; a state written before the enums held these strings.
+  EXPECT_EQ(e2e::name_of(e2e::Method::LoRA), "lora");
+  EXPECT_EQ(e2e::name_of(e2e::Method::Full), "full");
+  EXPECT_EQ(e2e::name_of(e2e::UpdateRule::Reference), "reference");
+  EXPECT_EQ(e2e::name_of(e2e::UpdateRule::Torch), "torch");
+  EXPECT_EQ(e2e::name_of(e2e::Precision::FP32), "fp32");
+  EXPECT_EQ(e2e::name_of(e2e::Precision::BF16), "bf16");
+  for (const auto& [name, v] : e2e::method_names()) EXPECT_EQ(e2e::name_of(v), name);
+  for (const auto& [name, v] : e2e::update_rule_names()) EXPECT_EQ(e2e::name_of(v), name);
+  for (const auto& [name, v] : e2e::precision_names()) EXPECT_EQ(e2e::name_of(v), name);
 }
 
 TEST(E2ETrainer, DevicesAreParsedByLibTorch) {
@@ -277,7 +285,7 @@ TEST(E2ETrainer, Bf16AutocastOnCudaTracksFp32) {
   o.lr = 1e-3;
   auto m32 = tiny_model(), m16 = tiny_model();
   e2e::Trainer t32(m32, o, data.size());
-  o.dtype = "bf16";
+  o.dtype = e2e::Precision::BF16;
   e2e::Trainer t16(m16, o, data.size());
   for (int i = 0; i < 3; ++i) {  // the later losses follow the bf16 run's own updates
     const auto batch = e2e::make_batch(data, t32.next_indices());
@@ -303,7 +311,7 @@ class Float64Recipe {
   Float64Recipe(const gpt2::GPT2LMHeadModelImpl& trained, const e2e::TrainOptions& o, int64_t total_steps)
       : o_(o), total_(total_steps) {
     model_ = tiny_model();
-    if (o.method == "lora")
+    if (o.method == e2e::Method::LoRA)
       lora::inject_lora(*model_, lora::LoRAConfig().r(o.rank).alpha(o.alpha).target_modules({"c_attn"}).enable_lora(
                                      {{"c_attn", {true, false, true}}}));
     model_->set_dropout(0, 0, 0);  // the reference GPT-2 has no dropout; lora_dropout is 0 in these runs
@@ -339,11 +347,11 @@ class Float64Recipe {
     for (size_t i = 0; i < params_.size(); ++i) {
       auto& p = params_[i];
       const auto g = p.grad();
-      if (o_.optimizer == "torch") p.mul_(1 - lr_k * wd);  // PyTorch: decay first
+      if (o_.optimizer == e2e::UpdateRule::Torch) p.mul_(1 - lr_k * wd);  // PyTorch: decay first
       m_[i] = b1 * m_[i] + (1 - b1) * g;
       v_[i] = b2 * v_[i] + (1 - b2) * g * g;
       const double bc1 = 1 - std::pow(b1, t_), bc2 = 1 - std::pow(b2, t_);
-      if (o_.optimizer == "torch") {
+      if (o_.optimizer == e2e::UpdateRule::Torch) {
         p.sub_(lr_k / bc1 * m_[i] / (v_[i].sqrt() / std::sqrt(bc2) + eps));
       } else {  // examples/NLG: eps before the bias correction, decay after the update
         p.sub_(lr_k * std::sqrt(bc2) / bc1 * m_[i] / (v_[i].sqrt() + eps));
@@ -376,8 +384,8 @@ TEST_P(E2ETrainerTrajectory, EveryTrainableTensorFollowsTheFloat64Recipe) {
   const auto& [method, optimizer] = GetParam();
   const auto data = examples(10);
   auto o = options();
-  o.method = method;
-  o.optimizer = optimizer;
+  o.method = e2e::method_names().at(method);
+  o.optimizer = e2e::update_rule_names().at(optimizer);
   o.lora_dropout = 0;
   o.lr = method == "full" ? 1e-3 : 1e-2;
   auto model = tiny_model();
@@ -451,7 +459,7 @@ TEST(E2ETrainer, StateOfTheOtherOptimizerIsRefused) {
   train(a, data, 2);
   const auto file = temp_file("optimizer.pt");
   a.save_state(file);
-  o.optimizer = "torch";
+  o.optimizer = e2e::UpdateRule::Torch;
   e2e::Trainer b(tiny_model(), o, data.size());
   const auto msg = error_of([&] { b.load_state(file); });
   EXPECT_NE(msg.find("saved by a --optimizer reference run; this run is --optimizer torch"), std::string::npos) << msg;

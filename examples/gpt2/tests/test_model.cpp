@@ -8,6 +8,8 @@
 #include "hub.hpp"
 #include "model.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <fstream>
 
@@ -308,21 +310,6 @@ TEST_F(Gpt2Test, SavePretrainedRoundTripsInHfLayout) {
   EXPECT_EQ(again->config.activation_function, "gelu_new");
 }
 
-namespace {
-
-/// Sets an environment variable for a scope (unset with an empty value), restoring it after.
-struct ScopedEnv {
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old, had_ = true;
-    value.empty() ? ::unsetenv(name) : ::setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
-  const char* name_;
-  std::string old_;
-  bool had_ = false;
-};
-
-}  // namespace
 
 TEST_F(Gpt2Test, HubModelIdsResolveThroughTheLocalHuggingFaceCache) {
   const auto root = fs::temp_directory_path() / ("gpt2_hf_cache_" + std::to_string(::getpid()));
@@ -336,7 +323,8 @@ TEST_F(Gpt2Test, HubModelIdsResolveThroughTheLocalHuggingFaceCache) {
   std::ofstream(snapshot / "vocab.json") << "{}";
   std::ofstream(snapshot / "merges.txt") << "#version: 0.2\n";
   {
-    ScopedEnv cache("HF_HUB_CACHE", ""), home("HF_HOME", root.string());  // $HF_HOME/hub when HF_HUB_CACHE is unset
+    // $HF_HOME/hub when HF_HUB_CACHE is unset; offline, so that nothing is fetched from the real hub.
+    example_test::ScopedEnv cache("HF_HUB_CACHE", ""), home("HF_HOME", root.string()), offline("HF_HUB_OFFLINE", "1");
     EXPECT_EQ(gpt2::hf_hub_cache(), (root / "hub").string());
     EXPECT_EQ(gpt2::resolve_pretrained("org/tiny-gpt2"), snapshot.string());
     auto again = gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained("org/tiny-gpt2"));
@@ -352,12 +340,13 @@ TEST_F(Gpt2Test, HubModelIdsResolveThroughTheLocalHuggingFaceCache) {
     fs::remove(snapshot / "model.safetensors");
     msg = example_test::error_of([] { gpt2::resolve_pretrained("org/tiny-gpt2"); });
     EXPECT_NE(msg.find("lacks model.safetensors"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("HF_HUB_OFFLINE forbids downloading"), std::string::npos) << msg;
     // Paths are paths: a folder is used as it is, anything else that is not an id is an error.
     EXPECT_EQ(gpt2::resolve_pretrained(snapshot.string()), snapshot.string());
     EXPECT_NE(example_test::error_of([] { gpt2::resolve_pretrained("./no/such/folder"); }).find("no such folder"), std::string::npos);
   }
   {
-    ScopedEnv cache("HF_HUB_CACHE", (root / "elsewhere").string());  // HF_HUB_CACHE wins
+    example_test::ScopedEnv cache("HF_HUB_CACHE", (root / "elsewhere").string());  // HF_HUB_CACHE wins
     EXPECT_EQ(gpt2::hf_hub_cache(), (root / "elsewhere").string());
   }
   lora_test::remove_tree(root.string());
@@ -408,4 +397,53 @@ TEST(Gpt2Text, CleanTextCutsLikeGpt2Decode) {
   EXPECT_EQ(gpt2::clean_text("  The Vaults is a pub. <|endoftext|>garbage"), "The Vaults is a pub.");
   EXPECT_EQ(gpt2::clean_text("First line\nsecond\n\nafter blank"), "First line\nsecond");
   EXPECT_EQ(gpt2::clean_text("\n\n"), "");
+}
+
+TEST_F(Gpt2Test, MergingAnAdapterOnTheTiedEmbeddingWarnsAndChangesTheHead) {
+  lora::inject_lora(*model, lora::LoRAConfig().r(2).alpha(4).target_modules({"wte", "c_attn"}));
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : model->named_parameters())
+      if (p.key().find("lora_") != std::string::npos) p.value().normal_(0, 0.3);
+  }
+  model->eval();
+  const auto ids = torch::randint(0, kVocab, {2, 7});
+  const auto unmerged = model->forward(ids);
+  const auto head_before = model->transformer->wte->weight.clone();
+  lora_test::CaptureWarnings warnings;
+  lora::merge(*model);
+  // One warning, for wte only (c_attn's weight is its own), naming the tied user.
+  EXPECT_EQ(warnings.count("tied to 'lm_head'"), 1u);
+  EXPECT_EQ(warnings.count("LoRAEmbedding"), 1u);
+  EXPECT_EQ(warnings.messages.size(), 1u);
+  // What it warns about: the merged model's head reads W0 + s·(B·A)ᵀ, the unmerged one reads W0.
+  const auto hidden = model->hidden_states(ids);
+  const auto merged = model->forward(ids);
+  EXPECT_TRUE(torch::allclose(merged, torch::matmul(hidden, model->transformer->wte->weight.t()), 1e-5, 1e-5));
+  EXPECT_FALSE(torch::allclose(merged, unmerged, 1e-3, 1e-3));
+  lora::unmerge(*model);
+  EXPECT_TRUE(torch::equal(model->transformer->wte->weight, head_before));
+  EXPECT_TRUE(torch::allclose(model->forward(ids), unmerged, 1e-6, 1e-6));
+}
+
+TEST_F(Gpt2Test, EnsureWeightTyingIsRefusedOnlyForTheTiedLayer) {
+  // PEFT's ensure_weight_tying gives a tied layer's user (the head) the same adapter: not implemented
+  // here, so a file with it and an adapter on wte is refused; for other layers it changes nothing.
+  auto write = [&](const std::string& name, const std::vector<std::string>& targets) {
+    auto m = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
+    lora::inject_lora(*m, lora::LoRAConfig().r(2).target_modules(targets));
+    const auto out = (dir.parent_path() / name).string();
+    lora::save_adapter(*m, out);
+    auto cfg = nlohmann::json::parse(std::ifstream(out + "/adapter_config.json"));
+    cfg["ensure_weight_tying"] = true;
+    std::ofstream(out + "/adapter_config.json") << cfg.dump();
+    return out;
+  };
+  const auto tied = write("tied_adapter", {"wte", "c_attn"}), attention = write("attn_adapter", {"c_attn"});
+  auto fresh = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
+  const auto msg = example_test::error_of([&] { lora::load_adapter(*fresh, tied); });
+  EXPECT_NE(msg.find("module 'transformer.wte' is tied to 'lm_head'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("ensure_weight_tying"), std::string::npos) << msg;
+  EXPECT_TRUE(lora::lora_parameters(*fresh).empty()) << "a refused file changes nothing";
+  EXPECT_NO_THROW(lora::load_adapter(*fresh, attention));
 }

@@ -1,0 +1,84 @@
+#pragma once
+// gpt2-e2e's subcommands, one options struct and one function each; gpt2_e2e.cpp only maps the
+// command line onto these structs (CLI11) and prints errors.
+
+#include "scorer.hpp"
+#include "trainer.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace e2e::cli {
+
+/// `train`: the recipe on a folder of train.txt + valid.txt; writes epoch_N/, checkpoint/, and
+/// adapter/ (LoRA) or model/ (full fine-tuning), each with a trainer_state.pt, and train_log.csv.
+struct TrainArgs {
+  std::string model, data, out, resume;
+  int64_t max_len = 512, log_every = 10, valid_limit = 0, threads = 0, save_every = 0;
+  TrainOptions o;
+};
+struct TrainResult {
+  int64_t trainable = 0, total = 0, steps = 0, tokens = 0, total_steps = 0;
+  double seconds = 0;
+  std::vector<double> losses, valid;
+};
+TrainResult train(const TrainArgs& a);
+
+/// `generate`: one hypothesis per distinct MR of an mr||ref file, with the paper's beam search;
+/// writes hypothesis.txt and references.txt (the scorer's layout).
+struct GenerateArgs {
+  std::string model, adapter, data, out, device = "cpu";
+  int64_t limit = 0, beams = 10, max_new_tokens = 64;
+};
+struct GenerateResult {
+  std::vector<std::string> hyps;
+  std::vector<std::vector<std::string>> refs;
+  double seconds = 0;
+  int64_t tokens = 0;
+};
+GenerateResult generate(const GenerateArgs& a);
+
+/// `eval`: mean per-token cross-entropy over the completion tokens of an mr||ref file.
+struct EvalArgs {
+  std::string model, adapter, data, device = "cpu";
+  int64_t limit = 0;
+};
+double eval(const EvalArgs& a);
+
+/// `export`: the base model with the adapter merged, as a plain HF GPT-2 folder (+ tokenizer files).
+struct ExportArgs {
+  std::string model, adapter, out;
+};
+void export_merged(const ExportArgs& a);
+
+/// `score`: BLEU, NIST, ROUGE-L, CIDEr of a hypothesis file against a references file, as text
+/// or as JSON (METEOR null: it needs the METEOR jar).
+struct ScoreArgs {
+  std::string hyp, refs;
+  bool json = false;
+};
+std::string score(const ScoreArgs& a);
+
+/// `init`: a randomly initialised GPT-2 in HF layout, optionally with GPT-2's tokenizer files.
+struct InitArgs {
+  std::string out, vocab;
+  int64_t layers = 2, embd = 64, heads = 2, positions = 1024, seed = 0;
+};
+void init(const InitArgs& a);
+
+/// `run`: train -> generate on test.txt -> score -> report.md + loss.svg. Without a model: smoke
+/// mode, a small random GPT-2 for a short budget.
+struct RunArgs {
+  std::string model, data, vocab, out = "runs/e2e", device = "cpu";
+  Precision dtype = Precision::FP32;
+  int64_t max_steps = -1, gen_limit = -1, valid_limit = -1, beams = 10, threads = 0, epochs = 5, batch_size = 8, seed = 110;
+};
+void run(const RunArgs& a);
+
+/// The first folder holding `file`: `flag` when given (an error if it lacks the file), then $env,
+/// then ../shared/data/<sub> and data/<sub> under the working directory (scripts/get-data.sh
+/// fills data/). An error lists where it looked.
+std::string find_data(const std::string& flag, const char* env, const std::string& sub, const std::string& file);
+
+}  // namespace e2e::cli
