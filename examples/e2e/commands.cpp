@@ -70,6 +70,12 @@ gpt2::GPT2LMHeadModelImpl random_gpt2(int64_t layers, int64_t embd, int64_t head
   return gpt2::GPT2LMHeadModelImpl(c);
 }
 
+/// Where the other ranks' output goes.
+std::ostream& null_stream() {
+  static std::ofstream none;  // never opened: writes fail silently
+  return none;
+}
+
 long peak_rss_mb() {
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
@@ -87,24 +93,34 @@ TrainResult train(const TrainArgs& a) {
   auto valid_set = encode_all(tok, read_pairs(a.data + "/valid.txt"), a.max_len, static_cast<size_t>(a.valid_limit));
   if (valid_set.empty())  // found now, not after the first epoch's training
     throw std::runtime_error("'" + a.data + "/valid.txt' has no examples: the validation loss after each epoch needs at least one");
-  Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(a.model)), a.o, train_set.size());
+  auto group = lora::dist::ProcessGroup::from_env(
+      lora::dist::ProcessGroupOptions().timeout(std::chrono::milliseconds(1000 * a.dist_timeout)));
+  const bool lead = group.rank() == 0;  // rank 0 prints, logs and saves
+  std::ostream& out = lead ? std::cout : null_stream();
+  std::ostream& progress = lead ? std::cerr : null_stream();
+  Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(a.model)), a.o, train_set.size(), group);
   auto model = trainer.model();
   result.total = trainer.parameter_count();
   result.total_steps = trainer.total_steps();
   result.trainable = trainer.trainable_count();
-  std::cout << "trainable params: " << lora::with_commas(result.trainable) << " || all params: " << lora::with_commas(result.total)
-            << "\n";
-  fs::create_directories(a.out);
+  out << "trainable params: " << lora::with_commas(result.trainable) << " || all params: " << lora::with_commas(result.total) << "\n";
+  if (group.world_size() > 1)
+    out << "data parallel: " << group.world_size() << " ranks (" << group.env().source << "), each "
+        << a.o.batch_size / group.world_size() << "-" << (a.o.batch_size + group.world_size() - 1) / group.world_size()
+        << " examples of every batch of " << a.o.batch_size << "\n";
+  if (lead) fs::create_directories(a.out);
   if (!a.resume.empty()) {
     trainer.load_state(a.resume);
-    std::cout << "resumed from " << a.resume << " at step " << trainer.position().step << " (epoch " << trainer.position().epoch
-              << ", batch " << trainer.position().batch << ")\n";
+    out << "resumed from " << a.resume << " at step " << trainer.position().step << " (epoch " << trainer.position().epoch
+        << ", batch " << trainer.position().batch << ")\n";
   }
   // A resumed run appends to the log of the run it continues.
   const bool append = !a.resume.empty() && fs::exists(a.out + "/train_log.csv");
-  std::ofstream log(a.out + "/train_log.csv", append ? std::ios::app : std::ios::trunc);
-  if (!append) log << "step,epoch,loss,lr,tokens,seconds\n";
+  std::ofstream log;
+  if (lead) log.open(a.out + "/train_log.csv", append ? std::ios::app : std::ios::trunc);
+  if (lead && !append) log << "step,epoch,loss,lr,tokens,seconds\n";
   auto save = [&](const std::string& dir) {
+    if (!lead) return;
     if (a.o.method == Method::LoRA)
       lora::save_adapter(*model, dir, lora::SaveAdapterOptions().base_model_name_or_path(a.model).task_type("CAUSAL_LM").fan_in_fan_out(true));
     else
@@ -122,23 +138,28 @@ TrainResult train(const TrainArgs& a) {
     const double secs = seconds_since(start);
     const double tok_s = double(pos.tokens - first_tokens) / std::max(secs, 1e-9);
     result.losses.push_back(loss);
-    log << pos.step << "," << epoch << "," << loss << "," << lr << "," << pos.tokens << "," << secs << "\n";
+    if (lead) log << pos.step << "," << epoch << "," << loss << "," << lr << "," << pos.tokens << "," << secs << "\n";
     if (pos.step % a.log_every == 0 || pos.step == total)
-      std::cerr << "\rstep " << pos.step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss << " | lr "
+      progress << "\rstep " << pos.step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss << " | lr "
                 << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << std::setprecision(0) << tok_s
                 << " tok/s | ETA " << double(total - pos.step) * secs / double(pos.step - first_step) << " s   " << std::flush;
     if (a.save_every > 0 && pos.step % a.save_every == 0 && !trainer.accumulating()) save(a.out + "/checkpoint");
     if (pos.batch == 0 || trainer.done()) {  // an epoch ended (or the step budget did)
-      std::cerr << "\n";
-      result.valid.push_back(mean_loss(*model, valid_set, a.o.batch_size));
-      std::cout << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
+      progress << "\n";
+      result.valid.push_back(mean_loss(*model, valid_set, a.o.batch_size, &group));
+      out << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
       save(a.out + "/epoch_" + std::to_string(epoch));
     }
   }
   // The final result: a PEFT adapter folder (lora), or a whole HF model folder (full fine-tuning).
   const std::string final_dir = a.out + (a.o.method == Method::LoRA ? "/adapter" : "/model");
   save(final_dir);
-  std::cout << "saved " << final_dir << "\n";
+  out << "saved " << final_dir << "\n";
+  if (group.world_size() > 1)
+    out << "all-reduced " << std::fixed << std::setprecision(2) << double(group.bytes_moved()) / 1e6 << " MB per rank ("
+        << double(group.bytes_moved()) / 1e6 / double(std::max<int64_t>(1, trainer.position().step - first_step))
+        << " MB per step), " << group.collective_seconds() << " s in collectives of " << seconds_since(start) << " s\n";
+  group.barrier();  // no rank leaves before rank 0 has saved
   result.steps = trainer.position().step - first_step;
   result.tokens = trainer.position().tokens - first_tokens;
   result.seconds = seconds_since(start);

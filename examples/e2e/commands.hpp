@@ -13,9 +13,12 @@ namespace e2e::cli {
 
 /// `train`: the recipe on a folder of train.txt + valid.txt; writes epoch_N/, checkpoint/, and
 /// adapter/ (LoRA) or model/ (full fine-tuning), each with a trainer_state.pt, and train_log.csv.
+/// Launched by torchrun (or with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), the ranks train
+/// data-parallel (e2e::Trainer); rank 0 alone prints, logs and saves.
 struct TrainArgs {
   std::string model, data, out, resume;
   int64_t max_len = 512, log_every = 10, valid_limit = 0, threads = 0, save_every = 0;
+  int64_t dist_timeout = 300;  ///< seconds a rank waits for the others before it gives up
   TrainOptions o;
 };
 struct TrainResult {

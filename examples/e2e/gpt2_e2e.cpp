@@ -67,6 +67,9 @@ CLI::App* add_train(CLI::App& app, TrainArgs& t) {
   cmd->add_option("--device", t.o.device, "cpu, cuda or cuda:N")->capture_default_str();
   add_enum(cmd, "--dtype", t.o.dtype, e2e::precision_names(), "fp32, or bf16 (bf16 autocast, CUDA only)");
   cmd->add_option("--resume", t.resume, "continue from a trainer_state.pt (or a folder holding one: checkpoint, epoch_N)");
+  cmd->add_option("--dist-timeout", t.dist_timeout,
+                  "data parallel (torchrun): seconds a rank waits for the others before it exits with an error")
+      ->capture_default_str();
   cmd->add_option("--save-every", t.save_every,
                   "also save adapter + trainer state to OUT/checkpoint every N steps, at optimizer steps (0: off)")
       ->capture_default_str();

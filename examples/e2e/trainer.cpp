@@ -127,16 +127,25 @@ std::pair<torch::Tensor, torch::Tensor> completion_loss(gpt2::GPT2LMHeadModelImp
                                  [&](const torch::Tensor& h) { return model.lm_head(h); }, batch, label_smoothing);
 }
 
-double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& examples, int64_t batch_size) {
+double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& examples, int64_t batch_size,
+                 lora::dist::ProcessGroup* group) {
   torch::NoGradGuard no_grad;
   model.eval();
+  const size_t ranks = group ? static_cast<size_t>(group->world_size()) : 1, rank = group ? static_cast<size_t>(group->rank()) : 0;
+  const size_t first = examples.size() * rank / ranks, last = examples.size() * (rank + 1) / ranks;
   double total = 0, count = 0;
-  for (size_t at = 0; at < examples.size(); at += static_cast<size_t>(batch_size)) {
+  for (size_t at = first; at < last; at += static_cast<size_t>(batch_size)) {
     std::vector<size_t> idx;
-    for (size_t i = at; i < std::min(examples.size(), at + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
+    for (size_t i = at; i < std::min(last, at + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
     auto [sums, counts] = completion_loss(model, make_batch(examples, idx), 0.0);
     total += sums.sum().to(torch::kDouble).item<double>();
     count += counts.sum().item<double>();
+  }
+  if (group && group->world_size() > 1) {
+    auto both = torch::tensor({total, count}, torch::kDouble);
+    group->all_reduce({both});
+    total = both[0].item<double>();
+    count = both[1].item<double>();
   }
   if (count == 0)
     throw std::invalid_argument("mean_loss: no completion tokens to average (" + std::to_string(examples.size()) +
@@ -144,8 +153,10 @@ double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& e
   return total / count;
 }
 
-Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples)
-    : model_(std::move(model)), o_(std::move(options)), num_examples_(num_examples), device_(device_named(o_.device)) {
+Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples,
+                 lora::dist::ProcessGroup group)
+    : model_(std::move(model)), o_(std::move(options)), group_(std::move(group)), num_examples_(num_examples),
+      device_(device_named(o_.device)) {
   if (o_.dtype == Precision::BF16 && !device_.is_cuda())
     throw std::invalid_argument("--dtype bf16 is bf16 autocast on CUDA: use it with --device cuda (fp32 on the CPU)");
   if (o_.batch_size < 1 || o_.grad_accum < 1 || o_.epochs < 1)
@@ -167,6 +178,7 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
       trainable_.emplace_back(item.key(), item.value());
       params.push_back(item.value());
     }
+  group_.broadcast(params);  // every rank starts from rank 0's adapter (or weights)
   const auto adamw = torch::optim::AdamWOptions(o_.lr).weight_decay(o_.weight_decay).betas({0.9, 0.999}).eps(1e-6);
   if (o_.optimizer == UpdateRule::Reference)
     opt_ = std::make_unique<ReferenceAdamW>(params, adamw);
@@ -210,24 +222,54 @@ std::vector<size_t> Trainer::next_indices() const {
   const auto& order = order_of(pos_.epoch);
   const auto begin = static_cast<size_t>(pos_.batch * o_.batch_size);
   const auto end = std::min(order.size(), begin + static_cast<size_t>(o_.batch_size));
-  return {order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)};
+  const auto ranks = static_cast<size_t>(group_.world_size()), rank = static_cast<size_t>(group_.rank());
+  const size_t from = begin + (end - begin) * rank / ranks, to = begin + (end - begin) * (rank + 1) / ranks;
+  return {order.begin() + static_cast<std::ptrdiff_t>(from), order.begin() + static_cast<std::ptrdiff_t>(to)};
 }
 
 double Trainer::step(const Batch& batch) {
   if (done()) throw std::logic_error("Trainer::step: all " + std::to_string(total_steps_) + " steps are done");
   model_->train();
-  torch::Tensor loss;
-  {
-    CudaAutocast autocast(o_.dtype == Precision::BF16);
-    auto [sums, counts] = completion_loss(*model_, batch, o_.label_smoothing);
-    loss = sums.sum() / (counts.sum() + 1e-4);  // the reference's normalisation
+  const bool parallel = group_.world_size() > 1;
+  if (parallel)  // dropout masks that differ per rank and are the same again when resumed
+    torch::manual_seed(static_cast<uint64_t>(o_.seed) * 1000003ULL + static_cast<uint64_t>(group_.rank()) * 7919ULL +
+                       static_cast<uint64_t>(pos_.step) * 104729ULL);
+  double loss_value = 0;
+  const bool empty = batch.input.numel() == 0;  // a final batch with fewer examples than ranks
+  if (!parallel) {
+    torch::Tensor loss;
+    {
+      CudaAutocast autocast(o_.dtype == Precision::BF16);
+      auto [sums, counts] = completion_loss(*model_, batch, o_.label_smoothing);
+      loss = sums.sum() / (counts.sum() + 1e-4);  // the reference's normalisation
+    }
+    (loss / static_cast<double>(o_.grad_accum)).backward();
+    loss_value = loss.item<double>();
+    pos_.tokens += static_cast<int64_t>(batch.mask.sum().item<double>());
+  } else {
+    // The global batch's loss sum and token count first, so that each rank's share is normalised
+    // by the count the single process would use.
+    torch::Tensor local_sum;
+    auto stats = torch::zeros({3}, torch::kDouble);
+    if (!empty) {
+      CudaAutocast autocast(o_.dtype == Precision::BF16);
+      auto [sums, counts] = completion_loss(*model_, batch, o_.label_smoothing);
+      local_sum = sums.sum();
+      stats[0] = local_sum.detach().to(torch::kCPU, torch::kDouble);
+      stats[1] = counts.sum().to(torch::kCPU, torch::kDouble);
+      stats[2] = batch.mask.sum().to(torch::kDouble);
+    }
+    group_.all_reduce({stats});
+    const double global_count = stats[1].item<double>();
+    if (!empty) (local_sum / (global_count + 1e-4) / static_cast<double>(o_.grad_accum)).backward();
+    loss_value = stats[0].item<double>() / (global_count + 1e-4);
+    pos_.tokens += static_cast<int64_t>(stats[2].item<double>());
   }
-  (loss / static_cast<double>(o_.grad_accum)).backward();
-  pos_.tokens += static_cast<int64_t>(batch.mask.sum().item<double>());
   const bool epoch_end = pos_.batch + 1 == per_epoch_;
   accumulating_ = true;
   if ((pos_.batch + 1) % o_.grad_accum == 0 || epoch_end || pos_.step + 1 == total_steps_) {
     for (auto& group : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(pos_.step));
+    if (parallel) group_.all_reduce_gradients(opt_->param_groups()[0].params());
     if (o_.clip > 0) torch::nn::utils::clip_grad_norm_(opt_->param_groups()[0].params(), o_.clip);
     opt_->step();
     opt_->zero_grad();
@@ -240,7 +282,7 @@ double Trainer::step(const Batch& batch) {
   } else {
     ++pos_.batch;
   }
-  return loss.item<double>();
+  return loss_value;
 }
 
 void Trainer::save_state(const std::string& file) const {
@@ -255,7 +297,7 @@ void Trainer::save_state(const std::string& file) const {
   for (const auto& [key, v] : {std::pair<const char*, int64_t>{"epoch", pos_.epoch}, {"batch", pos_.batch}, {"step", pos_.step},
                                {"tokens", pos_.tokens}, {"seed", o_.seed}, {"batch_size", o_.batch_size},
                                {"grad_accum", o_.grad_accum}, {"examples", static_cast<int64_t>(num_examples_)},
-                               {"total_steps", total_steps_}})
+                               {"total_steps", total_steps_}, {"world_size", group_.world_size()}})
     archive.write(key, scalar(v));
   torch::serialize::OutputArchive params(archive.compilation_unit());
   for (const auto& [name, p] : trainable_) params.write(name, p.detach().to(torch::kCPU), /*is_buffer=*/true);
@@ -315,6 +357,12 @@ void Trainer::load_state(const std::string& path) {
                                ": resume with the options and data of the interrupted run (--seed, --batch-size, "
                                "--grad-accum, --epochs, --max-steps)");
   }
+  torch::Tensor ranks = scalar(1);  // states written before data parallelism: one process
+  archive.try_read("world_size", ranks);
+  if (ranks.item<int64_t>() != group_.world_size())
+    throw std::runtime_error("trainer state '" + file + "' was saved by a run of " + std::to_string(ranks.item<int64_t>()) +
+                             " process(es), this run has " + std::to_string(group_.world_size()) +
+                             ": resume with as many ranks (LoRA dropout is drawn per rank)");
   torch::serialize::InputArchive params;
   archive.read("params", params);
   std::vector<torch::Tensor> values;

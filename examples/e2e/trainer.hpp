@@ -5,6 +5,8 @@
 #include "data.hpp"
 #include "model.hpp"
 
+#include <lora/distributed.hpp>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -60,8 +62,11 @@ std::pair<torch::Tensor, torch::Tensor> completion_loss(gpt2::GPT2LMHeadModelImp
                                                         double label_smoothing);
 
 /// Mean per-token cross-entropy over all completion tokens of `examples` (no label smoothing),
-/// in eval mode, batches of `batch_size` in order.
-double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& examples, int64_t batch_size);
+/// in eval mode, batches of `batch_size` in order. With a group of several ranks, each rank
+/// evaluates its contiguous share of the examples and the sums are all-reduced: every rank
+/// returns the mean over all of them.
+double mean_loss(gpt2::GPT2LMHeadModelImpl& model, const std::vector<Example>& examples, int64_t batch_size,
+                 lora::dist::ProcessGroup* group = nullptr);
 
 /// Where a run is: the next batch is `batch` (0-based) of epoch `epoch` (1-based); `step` batches
 /// were trained so far, holding `tokens` completion tokens.
@@ -75,6 +80,13 @@ struct Position {
 /// loss over completion tokens; optional gradient accumulation and clipping, bf16 autocast on CUDA. Each epoch visits the examples in a shuffle seeded by
 /// (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
 ///
+/// Data parallel (a `group` of N ranks): every rank walks the same shuffled order, takes its
+/// contiguous share of each global batch (next_indices), and normalises its summed loss by the
+/// batch's *global* token count (all-reduced before backward); gradients are summed over ranks
+/// before each optimizer step. N ranks so compute the single-process step. The trainable
+/// parameters are broadcast from rank 0 at construction; LoRA dropout is seeded per step from
+/// (seed, rank, step), so a resumed run draws the same masks.
+///
 /// Example:
 /// \code
 ///   e2e::Trainer trainer(model, e2e::TrainOptions(), train_set.size());
@@ -87,9 +99,11 @@ class Trainer {
  public:
   /// Injects the adapter (method lora; the model must have none yet) or unfreezes every
   /// parameter (full), moves the model to the device and builds the optimizer.
-  Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples);
+  Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples,
+          lora::dist::ProcessGroup group = lora::dist::ProcessGroup());
 
-  /// The indices of the next batch.
+  /// The indices of this rank's share of the next batch (the whole batch in a single process;
+  /// possibly none when a final batch has fewer examples than ranks).
   std::vector<size_t> next_indices() const;
   /// One batch: forward, backward and, every grad_accum batches or at an epoch's end, an
   /// optimizer step. Advances the position; returns the batch's mean loss.
@@ -109,6 +123,7 @@ class Trainer {
   int64_t trainable_count() const;
   int64_t parameter_count() const;
   std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model() const { return model_; }
+  lora::dist::ProcessGroup& group() { return group_; }
 
   /// Writes the trainer state (position, options that must not change, trainable parameters,
   /// AdamW moments, CPU and CUDA RNG states) to `file` atomically. Not while accumulating().
@@ -122,6 +137,7 @@ class Trainer {
 
   std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model_;
   TrainOptions o_;
+  lora::dist::ProcessGroup group_;
   size_t num_examples_;
   torch::Device device_;
   std::vector<std::pair<std::string, torch::Tensor>> trainable_;  // name -> parameter, in model order

@@ -1,5 +1,6 @@
 // Built against the installed package: checks that the headers, the C++17 requirement
-// and the torch dependency all come through find_package(lora).
+// and the torch dependency all come through find_package(lora), lora::distributed's too.
+#include <lora/distributed.hpp>
 #include <lora/lora.hpp>
 
 #include <iostream>
@@ -14,5 +15,12 @@ int main() {
                   2.0 * torch::mm(torch::mm(x, layer->lora_A("default").t()), layer->lora_B("default").t());
   const double err = (layer(x) - expected).abs().max().item<double>();
   std::cout << "lora " << LORA_VERSION << " consumer: max error " << err << "\n";
-  return err < 1e-5 ? 0 : 1;
+  // A world of one (no launcher variables): gradients are only divided by the normaliser.
+  lora::dist::ProcessGroup single;
+  auto p = torch::ones({2}, torch::requires_grad());
+  p.mutable_grad() = torch::full({2}, 4.0);
+  single.all_reduce_gradients({p}, 2.0);
+  const bool dist_ok = single.world_size() == 1 && torch::equal(p.grad(), torch::full({2}, 2.0));
+  std::cout << "lora::dist single process: " << (dist_ok ? "ok" : "WRONG") << "\n";
+  return err < 1e-5 && dist_ok ? 0 : 1;
 }

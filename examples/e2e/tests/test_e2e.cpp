@@ -5,6 +5,7 @@
 #include "model.hpp"
 #include "report.hpp"
 #include "tokenizer.hpp"
+#include "../../test_gpt2.hpp"
 #include "../../test_util.hpp"
 
 #include <filesystem>
@@ -136,13 +137,7 @@ TEST(E2EData, LabelSmoothedLossMatchesHandComputation) {
 
 TEST(E2EData, PerBatchPaddingGivesTheLossesOfPaddingTo512) {
   torch::manual_seed(0);
-  gpt2::Config c;
-  c.vocab_size = 64;
-  c.n_embd = 16;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_positions = 512;
-  gpt2::GPT2LMHeadModelImpl model(c);
+  gpt2::GPT2LMHeadModelImpl model(example_test::tiny_gpt2_config(64, 512, 2, 16, 2));
   model.eval();
   std::vector<e2e::Example> ex;
   for (int len : {9, 23, 14}) {

@@ -3,6 +3,7 @@
 
 #include "optimizer.hpp"
 #include "trainer.hpp"
+#include "../../test_gpt2.hpp"
 #include "../../test_util.hpp"
 
 #include <lora/lora.hpp>
@@ -18,15 +19,7 @@ namespace {
 
 using example_test::error_of;
 
-gpt2::Config tiny_config() {
-  gpt2::Config c;
-  c.vocab_size = 97;
-  c.n_positions = 64;
-  c.n_layer = 2;
-  c.n_embd = 32;
-  c.n_head = 2;
-  return c;
-}
+gpt2::Config tiny_config() { return example_test::tiny_gpt2_config(); }
 
 /// A fresh tiny GPT-2 with the same weights every call.
 std::shared_ptr<gpt2::GPT2LMHeadModelImpl> tiny_model() {

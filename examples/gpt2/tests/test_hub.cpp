@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "../../../tests/common.hpp"  // lora_test::remove_tree
+#include "../../test_gpt2.hpp"
 #include "../../test_util.hpp"
 #include "hub.hpp"
 #include "model.hpp"
@@ -155,13 +156,7 @@ class Gpt2Hub : public ::testing::Test {
     torch::manual_seed(0);
     root_ = fs::temp_directory_path() / ("gpt2_hub_" + std::to_string(::getpid()));
     lora_test::remove_tree(root_.string());
-    gpt2::Config c;
-    c.vocab_size = 40;
-    c.n_positions = 16;
-    c.n_embd = 8;
-    c.n_layer = 1;
-    c.n_head = 2;
-    model_ = std::make_shared<gpt2::GPT2LMHeadModelImpl>(c);
+    model_ = std::make_shared<gpt2::GPT2LMHeadModelImpl>(example_test::tiny_gpt2_config(40, 16, 1, 8, 2));
     model_->eval();
     model_->save_pretrained((root_ / "source").string());
     for (const char* f : {"config.json", "model.safetensors"}) files_[f] = read_all(root_ / "source" / f);
