@@ -432,7 +432,7 @@ TEST_F(Gpt2Test, EnsureWeightTyingIsRefusedOnlyForTheTiedLayer) {
   auto write = [&](const std::string& name, const std::vector<std::string>& targets) {
     auto m = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
     lora::inject_lora(*m, lora::LoRAConfig().r(2).target_modules(targets));
-    const auto out = (dir.parent_path() / name).string();
+    const auto out = (dir / name).string();  // inside this test's own folder
     lora::save_adapter(*m, out);
     auto cfg = nlohmann::json::parse(std::ifstream(out + "/adapter_config.json"));
     cfg["ensure_weight_tying"] = true;
