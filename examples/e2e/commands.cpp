@@ -166,6 +166,19 @@ TrainResult train(const TrainArgs& a) {
   return result;
 }
 
+namespace {
+
+/// "NAME=VALUE" (or a plain VALUE, named `fallback`).
+std::pair<std::string, std::string> name_value(const std::string& s, const std::string& fallback, const char* option) {
+  const size_t eq = s.find('=');
+  if (eq == std::string::npos) return {fallback, s};
+  if (eq == 0 || eq + 1 == s.size())
+    throw std::invalid_argument(std::string(option) + " '" + s + "': expected NAME=VALUE with both parts non-empty");
+  return {s.substr(0, eq), s.substr(eq + 1)};
+}
+
+}  // namespace
+
 GenerateResult generate(const GenerateArgs& a) {
   GenerateResult result;
   const auto start = Clock::now();
@@ -173,7 +186,29 @@ GenerateResult generate(const GenerateArgs& a) {
   auto tok = tokenizer_of(a.model);
   auto groups = group_by_mr(read_pairs(a.data));
   if (a.limit > 0 && static_cast<size_t>(a.limit) < groups.size()) groups.resize(static_cast<size_t>(a.limit));
-  auto model = load_model(a.model, a.adapter, device);
+  auto model = load_model(a.model, "", device);
+  std::vector<std::string> names;
+  for (const auto& entry : a.adapters) {
+    const auto [name, dir] = name_value(entry, "default", "--adapter");
+    if (std::find(names.begin(), names.end(), name) != names.end())
+      throw std::invalid_argument("--adapter: the name '" + name + "' is given twice");
+    lora::load_adapter(*model, dir, lora::LoadAdapterOptions().adapter_name(name).activate(names.empty()));
+    names.push_back(name);
+  }
+  std::vector<std::pair<std::string, std::string>> routes;
+  for (const auto& r : a.routes) {
+    routes.push_back(name_value(r, "", "--route"));
+    if (routes.back().first.empty()) throw std::invalid_argument("--route '" + r + "': expected NAME=TEXT");
+    if (std::find(names.begin(), names.end(), routes.back().first) == names.end())
+      throw std::invalid_argument("--route '" + r + "': no --adapter is named '" + routes.back().first + "'");
+  }
+  model->to(device);
+  model->eval();
+  auto adapter_of = [&](const std::string& mr) {
+    for (const auto& [name, text] : routes)
+      if (mr.find(text) != std::string::npos) return name;
+    return names.empty() ? std::string() : names.front();
+  };
   auto options = gpt2::paper_decoding();
   options.num_beams = a.beams;
   options.max_new_tokens = a.max_new_tokens;
@@ -182,7 +217,11 @@ GenerateResult generate(const GenerateArgs& a) {
   for (size_t i = 0; i < groups.size(); ++i) {
     auto prompt = tok.encode(groups[i].mr);
     prompt.push_back(tok.eos_id());
-    const auto ids = gpt2::generate(*model, {prompt}, options)[0];
+    std::vector<int64_t> ids;
+    {
+      lora::AdapterPerRow route(*model, {adapter_of(groups[i].mr)});  // "" (no adapters given): the base model
+      ids = gpt2::generate(*model, {prompt}, options)[0];
+    }
     result.tokens += static_cast<int64_t>(ids.size());
     std::string text = gpt2::clean_text(tok.decode(ids));
     std::replace(text.begin(), text.end(), '\n', ' ');
@@ -283,7 +322,7 @@ void run(const RunArgs& r) {
   const auto tr = train(t);
   GenerateArgs g;
   g.model = model;
-  g.adapter = t.out + "/adapter";
+  g.adapters = {t.out + "/adapter"};
   g.data = data + "/test.txt";
   g.out = r.out + "/generate";
   g.device = r.device;

@@ -29,9 +29,13 @@ struct TrainResult {
 TrainResult train(const TrainArgs& a);
 
 /// `generate`: one hypothesis per distinct MR of an mr||ref file, with the paper's beam search;
-/// writes hypothesis.txt and references.txt (the scorer's layout).
+/// writes hypothesis.txt and references.txt (the scorer's layout). Several adapters: `adapters`
+/// holds "NAME=DIR" entries (a plain DIR is "default"), all loaded on one base model, and `routes`
+/// "NAME=TEXT" rules: an MR containing TEXT uses adapter NAME (the first matching rule; MRs that
+/// match none use the first adapter). Each MR's hypothesis equals a run with its adapter alone.
 struct GenerateArgs {
-  std::string model, adapter, data, out, device = "cpu";
+  std::string model, data, out, device = "cpu";
+  std::vector<std::string> adapters, routes;
   int64_t limit = 0, beams = 10, max_new_tokens = 64;
 };
 struct GenerateResult {

@@ -79,7 +79,10 @@ CLI::App* add_train(CLI::App& app, TrainArgs& t) {
 CLI::App* add_generate(CLI::App& app, GenerateArgs& g) {
   auto* cmd = app.add_subcommand("generate", "one prediction per distinct MR, with the paper's beam search");
   cmd->add_option("--model", g.model, kModelHelp)->required();
-  cmd->add_option("--adapter", g.adapter, "PEFT adapter folder");
+  cmd->add_option("--adapter", g.adapters,
+                  "PEFT adapter folder, or NAME=DIR; repeat it to load several adapters on one base model");
+  cmd->add_option("--route", g.routes,
+                  "NAME=TEXT: MRs containing TEXT use adapter NAME (first match; others use the first adapter); repeatable");
   cmd->add_option("--data", g.data, "mr||ref file")->required();
   cmd->add_option("--out", g.out)->required();
   cmd->add_option("--limit", g.limit, "first N distinct MRs (0: all)");

@@ -12,6 +12,7 @@
 #include <lora/config.hpp>
 
 #include <algorithm>
+#include <memory>
 #include <ostream>
 #include <map>
 #include <sstream>
@@ -95,6 +96,17 @@ class LoRALayer {
   /// weight and in the wider of float32 and the base weight's dtype. Only merge
   /// and tests build it: the forward never does.
   virtual torch::Tensor delta_weight(const std::string& name) = 0;
+
+  /// The adapter of each row of the coming inputs, for a batch that mixes adapters (set for a
+  /// scope by lora::AdapterPerRow): row i of the input's first dimension uses `names[index[i]]`, or
+  /// no adapter where index[i] < 0 or this layer has no adapter of that name. An input of k times
+  /// as many rows gives each choice to k consecutive rows (the beams of a prompt).
+  struct RowAdapters {
+    std::vector<std::string> names;
+    std::vector<int64_t> index;
+  };
+  void set_row_adapters(std::shared_ptr<const RowAdapters> rows) { rows_ = std::move(rows); }
+  const std::shared_ptr<const RowAdapters>& row_adapters() const { return rows_; }
 
   /// Marks the base weight as also read by `user`, something that is not this layer (GPT-2's
   /// output head reads wte's weight: "lm_head"). An adapter here then changes only this layer's
@@ -233,6 +245,63 @@ class LoRALayer {
     return sum;
   }
 
+  /// A mixed batch as this layer computes it: the adapters some row asks for
+  /// that this layer has, packed as A_all [n + 1, R, a_cols] and B_all [n + 1, b_rows, R]
+  /// (R the largest rank, smaller ranks zero-padded, B scaled by s, slot n all zeros for rows
+  /// without an adapter), and `slot` [batch], each row's entry. `a_of(name)` and `b_of(name)`
+  /// give the layer's A [r, a_cols] and dense B [b_rows, r] (slice masks expanded).
+  struct MixedBatch {
+    torch::Tensor A_all, B_all, slot;
+    torch::Tensor row_mask;  ///< [batch, n]: 1 where the row uses adapter k, in the compute dtype
+    bool empty = true;       ///< no row uses an adapter of this layer
+  };
+  template <class AOf, class BOf>
+  MixedBatch pack_row_adapters(int64_t batch, const torch::TensorOptions& compute, AOf&& a_of, BOf&& b_of) const {
+    const RowAdapters& rows = *rows_;
+    const auto choices = static_cast<int64_t>(rows.index.size());
+    if (choices == 0 || batch % choices != 0)
+      throw std::invalid_argument(describe() + ": the input has " + std::to_string(batch) + " rows but lora::AdapterPerRow " +
+                                  "was given " + std::to_string(choices) + " adapter choices, one per row (or per group of " +
+                                  "consecutive rows, such as the beams of a prompt)");
+    const int64_t group = batch / choices;  // beam search: k rows per prompt, prompt-major
+    if (!merged_.empty())
+      throw std::logic_error(describe() + ": a batch that mixes adapters needs the adapters unmerged; unmerge() first");
+    std::vector<int64_t> layer_slot(rows.names.size(), -1);
+    std::vector<std::string> present;
+    for (size_t k = 0; k < rows.names.size(); ++k)
+      if (has_adapter(rows.names[k])) {
+        layer_slot[k] = static_cast<int64_t>(present.size());
+        present.push_back(rows.names[k]);
+      }
+    MixedBatch m;
+    const auto n = static_cast<int64_t>(present.size());
+    std::vector<int64_t> slot(static_cast<size_t>(batch), n);
+    for (int64_t i = 0; i < batch; ++i) {
+      const int64_t k = rows.index[static_cast<size_t>(i / group)];
+      if (k >= 0 && layer_slot[static_cast<size_t>(k)] >= 0) {
+        slot[static_cast<size_t>(i)] = layer_slot[static_cast<size_t>(k)];
+        m.empty = false;
+      }
+    }
+    if (m.empty) return m;
+    std::vector<torch::Tensor> As, Bs;
+    int64_t R = 0;
+    for (const auto& name : present) {
+      As.push_back(a_of(name));
+      Bs.push_back(b_of(name) * scaling(name));
+      R = std::max(R, As.back().size(0));
+    }
+    m.A_all = torch::zeros({n + 1, R, As[0].size(1)}, compute);
+    m.B_all = torch::zeros({n + 1, Bs[0].size(0), R}, compute);
+    for (int64_t k = 0; k < n; ++k) {
+      m.A_all[k].narrow(0, 0, As[static_cast<size_t>(k)].size(0)).copy_(As[static_cast<size_t>(k)]);
+      m.B_all[k].narrow(1, 0, Bs[static_cast<size_t>(k)].size(1)).copy_(Bs[static_cast<size_t>(k)]);
+    }
+    m.slot = torch::tensor(slot, torch::TensorOptions().dtype(torch::kLong)).to(compute.device());
+    m.row_mask = torch::one_hot(m.slot, n + 1).narrow(1, 0, n).to(compute.dtype());
+    return m;
+  }
+
   /// ", adapters=[default: r=4, alpha=32]" (and ", merged=true"), for pretty_print.
   void print_adapters(std::ostream& stream) const {
     if (names_.empty()) return;
@@ -257,6 +326,7 @@ class LoRALayer {
   std::vector<std::string> merged_;
   torch::Tensor unmerged_weight_;
   std::string tied_to_;
+  std::shared_ptr<const RowAdapters> rows_;
 };
 
 /// "[2304,8]": a shape as this library's error messages print it.
@@ -304,15 +374,27 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
  protected:
   /// Registers the two adapter dicts (named as PEFT names them) and fills them from
   /// the stored options; called from the layer's reset() and after delete_adapter().
+  /// Adapters that were already registered keep their holders (and so their trained values and
+  /// storage); only new names are created.
   void register_adapter_dicts(const char* name_A, const char* name_B) {
     auto& self = static_cast<Derived&>(*this);
+    std::map<std::string, std::shared_ptr<torch::nn::Module>> kept_A, kept_B;
     if (self.named_children().contains(name_A)) {
+      for (const auto& item : A_->items()) kept_A[item.first] = item.second;
+      for (const auto& item : B_->items()) kept_B[item.first] = item.second;
       self.unregister_module(name_A);
       self.unregister_module(name_B);
     }
     A_ = self.register_module(name_A, torch::nn::ModuleDict());
     B_ = self.register_module(name_B, torch::nn::ModuleDict());
-    for (const auto& n : adapter_names()) create_adapter(n);
+    for (const auto& n : adapter_names()) {
+      if (kept_A.count(n) && kept_B.count(n)) {
+        A_->update({{n, kept_A[n]}});
+        B_->update({{n, kept_B[n]}});
+      } else {
+        create_adapter(n);
+      }
+    }
   }
 
   /// A bias-free Linear whose weight [rows, cols] holds an adapter matrix; its own

@@ -85,6 +85,7 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   /// With adapters, one autograd node computes it (linear_function.hpp): the backward does
   /// the adapter's arithmetic only and keeps x, h = dropout(x)·Aᵀ and a dropout seed or mask.
   torch::Tensor forward(const torch::Tensor& input) {
+    if (row_adapters()) return mixed_forward(input);
     detail::LinearPlan plan;
     std::vector<std::pair<torch::Tensor, torch::Tensor>> adapters;
     for (const auto& name : active_adapters()) {
@@ -106,6 +107,28 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
     auto sizes = input.sizes().vec();
     sizes.back() = options.out_features();
     return y.view(sizes);
+  }
+
+  /// A batch whose rows use different adapters (lora::AdapterPerRow): the base GEMM once for all
+  /// rows; then the n adapters the rows ask for, stacked into A_cat [n·R, in] and B_cat [out, n·R],
+  /// in two more GEMMs, each row keeping only its own adapter's R columns of x·A_catᵀ (a mask).
+  /// No loop over adapters and no per-row small matmuls. Inference only: no dropout.
+  torch::Tensor mixed_forward(const torch::Tensor& input) {
+    torch::Tensor y = torch::nn::functional::linear(input, weight, bias);
+    if (input.dim() < 2) throw std::invalid_argument(describe() + ": a mixed-adapter batch needs inputs of shape [batch, ..., in]");
+    const auto compute = torch::TensorOptions().dtype(input.scalar_type()).device(input.device());
+    const auto m = pack_row_adapters(
+        input.size(0), compute, [&](const std::string& n) { return lora_A(n).to(input.scalar_type()); },
+        [&](const std::string& n) {
+          return detail::full_B(lora_B(n), adapter_options(n).enable(), options.out_features()).to(input.scalar_type());
+        });
+    if (m.empty) return y;
+    const int64_t batch = input.size(0), n = m.A_all.size(0) - 1, R = m.A_all.size(1);
+    const torch::Tensor A_cat = m.A_all.narrow(0, 0, n).reshape({n * R, options.in_features()});
+    const torch::Tensor B_cat = m.B_all.narrow(0, 0, n).permute({1, 0, 2}).reshape({options.out_features(), n * R});
+    const torch::Tensor h = torch::matmul(input.reshape({batch, -1, options.in_features()}), A_cat.t());  // [batch, T, n·R]
+    const torch::Tensor own = m.row_mask.view({batch, 1, n, 1}).expand({batch, 1, n, R}).reshape({batch, 1, n * R});
+    return y + torch::matmul(h * own, B_cat.t()).view(y.sizes());
   }
 
   torch::Tensor delta_weight(const std::string& name) override {

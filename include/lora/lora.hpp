@@ -23,3 +23,5 @@
 #include <lora/safetensors.hpp>
 #include <lora/tensor_file.hpp>
 #include <lora/adapter_io.hpp>
+#include <lora/scopes.hpp>
+#include <lora/combine.hpp>

@@ -34,6 +34,18 @@ test ! -e "$work/full/adapter"
 [ "$(wc -l < "$work/gen/hypothesis.txt")" -eq 3 ]
 [ "$(grep -c '^$' "$work/gen/references.txt")" -eq 3 ]  # one blank line after each MR's references
 
+# Several adapters on one base, routed per MR: each MR's hypothesis equals its adapter's own run.
+"$bin" train --model "$work/model" --data "$work/data" --out "$work/run2" --max-steps 3 --batch-size 4 --warmup 1 --seed 7 --lr 0.05 \
+  --lora-dropout 0 > /dev/null 2>&1
+gen3() { "$bin" generate --model "$work/model" --data "$work/data/test.txt" --limit 3 --beam 2 --max-new-tokens 8 "$@" > /dev/null 2>&1; }
+gen3 --adapter "$work/run/adapter" --out "$work/gen_a"
+gen3 --adapter "$work/run2/adapter" --out "$work/gen_b"
+second_mr=$(awk -F'[|][|]' '{print $1}' "$work/data/test.txt" | awk '!seen[$0]++' | sed -n 2p)
+gen3 --adapter "a=$work/run/adapter" --adapter "b=$work/run2/adapter" --route "b=$second_mr" --out "$work/gen_ab"
+{ sed -n 1p "$work/gen_a/hypothesis.txt"; sed -n 2p "$work/gen_b/hypothesis.txt"; sed -n 3p "$work/gen_a/hypothesis.txt"; } \
+  | diff - "$work/gen_ab/hypothesis.txt"
+if cmp -s "$work/gen_a/hypothesis.txt" "$work/gen_b/hypothesis.txt"; then echo "the two adapters gave the same text: no check"; exit 1; fi
+
 "$bin" score --hyp "$work/gen/hypothesis.txt" --refs "$work/gen/references.txt" --json > "$work/scores.json"
 num='[0-9.eE+-]+'
 grep -Eq "^\{\"BLEU\":$num,\"NIST\":$num,\"METEOR\":null,\"ROUGE_L\":$num,\"CIDEr\":$num\}$" "$work/scores.json" \
@@ -61,5 +73,7 @@ expect_fail "$bin" train --model "$work/model" --data "$work/data" --out "$work/
 grep -q -- "--method" "$work/err.txt"
 expect_fail "$bin" train --model "$work/model" --data "$work/data" --out "$work/bad" --dtype fp16
 expect_fail "$bin" generate --model "$work/model" --data "$work/data/test.txt" --out "$work/bad" --device tpu
+expect_fail "$bin" generate --model "$work/model" --data "$work/data/test.txt" --out "$work/bad" --adapter "a=$work/run/adapter" \
+  --route "zz=name"
 expect_fail "$bin" eval --model "$work/other" --adapter "$work/run/adapter" --data "$work/data/valid.txt"
 echo "cli smoke test passed"

@@ -447,3 +447,32 @@ TEST_F(Gpt2Test, EnsureWeightTyingIsRefusedOnlyForTheTiedLayer) {
   EXPECT_TRUE(lora::lora_parameters(*fresh).empty()) << "a refused file changes nothing";
   EXPECT_NO_THROW(lora::load_adapter(*fresh, attention));
 }
+
+TEST_F(Gpt2Test, BeamSearchWithAnAdapterPerPromptEqualsSeparateRuns) {
+  // Two adapters of different ranks (one with q/v slices), one prompt each, in one batched beam
+  // search on the KV cache: each prompt's hypothesis equals the run with its adapter alone.
+  lora::inject_lora(*model, lora::LoRAConfig().r(2).alpha(4).target_modules({"c_attn", "c_fc"}), "a");
+  lora::inject_lora(*model, gpt2::paper_lora_config().r(3), "b");
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : lora::lora_parameters(*model)) p.normal_(0, 0.4);
+  }
+  model->eval();
+  const std::vector<std::vector<int64_t>> prompts{{3, 17, 5, 9}, {8, 1}};
+  gpt2::GenerateOptions o;
+  o.num_beams = 3;
+  o.max_new_tokens = 6;
+  o.eos_token_ids = {kVocab - 1};
+  std::vector<std::vector<int64_t>> mixed;
+  {
+    lora::AdapterPerRow route(*model, {"a", "b"});
+    mixed = gpt2::generate(*model, prompts, o);
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    lora::set_adapter(*model, {i == 0 ? "a" : "b"});
+    EXPECT_EQ(mixed[i], gpt2::generate(*model, {prompts[i]}, o)[0]) << "prompt " << i;
+  }
+  // The adapters matter: without them the hypotheses differ.
+  lora::DisableAdapters base(*model);
+  EXPECT_NE(gpt2::generate(*model, prompts, o), mixed);
+}
