@@ -202,7 +202,6 @@ GenerateResult generate(const GenerateArgs& a) {
     if (std::find(names.begin(), names.end(), routes.back().first) == names.end())
       throw std::invalid_argument("--route '" + r + "': no --adapter is named '" + routes.back().first + "'");
   }
-  model->to(device);
   model->eval();
   auto adapter_of = [&](const std::string& mr) {
     for (const auto& [name, text] : routes)

@@ -70,7 +70,7 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
     torch::Tensor result = torch::nn::functional::detail::embedding(
         input, weight, options.padding_idx(), options.max_norm(), options.norm_type(),
         options.scale_grad_by_freq(), options.sparse());
-    if (row_adapters()) return result + mixed_update(input, result);
+    if (row_adapters()) return mixed_forward(input, result);
     // The update is added out of place: an in-place add into a view of `result` would make
     // autograd clone the whole output gradient (CopySlices) in the backward.
     torch::Tensor update;
@@ -91,20 +91,16 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
 
   /// A batch whose rows use different adapters (lora::AdapterPerRow): the ids look up the columns
   /// of every adapter the rows ask for (stacked A), each row keeps its own adapter's (a mask), and
-  /// one GEMM with the stacked B adds the updates.
-  torch::Tensor mixed_update(const torch::Tensor& input, const torch::Tensor& result) {
+  /// one GEMM with the stacked B adds the updates to the base lookup `result`.
+  torch::Tensor mixed_forward(const torch::Tensor& input, const torch::Tensor& result) {
     if (input.dim() < 1) throw std::invalid_argument(describe() + ": a mixed-adapter batch needs ids of shape [batch, ...]");
     const auto compute = torch::TensorOptions().dtype(result.scalar_type()).device(result.device());
     const auto m = pack_row_adapters(
         input.size(0), compute, [&](const std::string& n) { return lora_A(n).to(result.scalar_type()); },
         [&](const std::string& n) { return lora_B(n).to(result.scalar_type()); });
-    if (m.empty) return torch::zeros_like(result);
-    const int64_t batch = input.size(0), n = m.A_all.size(0) - 1, R = m.A_all.size(1);
-    const torch::Tensor A_cat = m.A_all.narrow(0, 0, n).reshape({n * R, options.num_embeddings()});
-    const torch::Tensor B_cat = m.B_all.narrow(0, 0, n).permute({1, 0, 2}).reshape({options.embedding_dim(), n * R});
-    const torch::Tensor h = torch::embedding(A_cat.t(), input.reshape({batch, -1}));  // [batch, T, n·R]
-    const torch::Tensor own = m.row_mask.view({batch, 1, n, 1}).expand({batch, 1, n, R}).reshape({batch, 1, n * R});
-    return torch::matmul(h * own, B_cat.t()).view(result.sizes());
+    if (m.empty) return result;
+    const torch::Tensor h = torch::embedding(m.A_cat.t(), input.reshape({input.size(0), -1}));  // [batch, T, n·R]
+    return result + torch::matmul(h * m.own, m.B_cat.t()).view(result.sizes());
   }
 
   torch::Tensor delta_weight(const std::string& name) override {

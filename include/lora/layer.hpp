@@ -245,15 +245,14 @@ class LoRALayer {
     return sum;
   }
 
-  /// A mixed batch as this layer computes it: the adapters some row asks for
-  /// that this layer has, packed as A_all [n + 1, R, a_cols] and B_all [n + 1, b_rows, R]
-  /// (R the largest rank, smaller ranks zero-padded, B scaled by s, slot n all zeros for rows
-  /// without an adapter), and `slot` [batch], each row's entry. `a_of(name)` and `b_of(name)`
-  /// give the layer's A [r, a_cols] and dense B [b_rows, r] (slice masks expanded).
+  /// A mixed batch as this layer computes it: the n adapters some row asks for that this layer
+  /// has, stacked (R the largest rank, smaller ranks zero-padded) as A_cat [n·R, a_cols] and
+  /// B_cat [b_rows, n·R] (B scaled by s), and `own` [batch, 1, n·R], 1 on the R columns of each
+  /// row's own adapter (all 0 for rows without one). `a_of(name)` and `b_of(name)` give the layer's
+  /// A [r, a_cols] and dense B [b_rows, r] (slice masks expanded).
   struct MixedBatch {
-    torch::Tensor A_all, B_all, slot;
-    torch::Tensor row_mask;  ///< [batch, n]: 1 where the row uses adapter k, in the compute dtype
-    bool empty = true;       ///< no row uses an adapter of this layer
+    torch::Tensor A_cat, B_cat, own;
+    bool empty = true;  ///< no row uses an adapter of this layer
   };
   template <class AOf, class BOf>
   MixedBatch pack_row_adapters(int64_t batch, const torch::TensorOptions& compute, AOf&& a_of, BOf&& b_of) const {
@@ -275,7 +274,7 @@ class LoRALayer {
       }
     MixedBatch m;
     const auto n = static_cast<int64_t>(present.size());
-    std::vector<int64_t> slot(static_cast<size_t>(batch), n);
+    std::vector<int64_t> slot(static_cast<size_t>(batch), n);  // n: no adapter
     for (int64_t i = 0; i < batch; ++i) {
       const int64_t k = rows.index[static_cast<size_t>(i / group)];
       if (k >= 0 && layer_slot[static_cast<size_t>(k)] >= 0) {
@@ -291,14 +290,19 @@ class LoRALayer {
       Bs.push_back(b_of(name) * scaling(name));
       R = std::max(R, As.back().size(0));
     }
-    m.A_all = torch::zeros({n + 1, R, As[0].size(1)}, compute);
-    m.B_all = torch::zeros({n + 1, Bs[0].size(0), R}, compute);
+    m.A_cat = torch::zeros({n * R, As[0].size(1)}, compute);
+    m.B_cat = torch::zeros({Bs[0].size(0), n * R}, compute);
     for (int64_t k = 0; k < n; ++k) {
-      m.A_all[k].narrow(0, 0, As[static_cast<size_t>(k)].size(0)).copy_(As[static_cast<size_t>(k)]);
-      m.B_all[k].narrow(1, 0, Bs[static_cast<size_t>(k)].size(1)).copy_(Bs[static_cast<size_t>(k)]);
+      m.A_cat.narrow(0, k * R, As[static_cast<size_t>(k)].size(0)).copy_(As[static_cast<size_t>(k)]);
+      m.B_cat.narrow(1, k * R, Bs[static_cast<size_t>(k)].size(1)).copy_(Bs[static_cast<size_t>(k)]);
     }
-    m.slot = torch::tensor(slot, torch::TensorOptions().dtype(torch::kLong)).to(compute.device());
-    m.row_mask = torch::one_hot(m.slot, n + 1).narrow(1, 0, n).to(compute.dtype());
+    const torch::Tensor slots = torch::tensor(slot, torch::TensorOptions().dtype(torch::kLong)).to(compute.device());
+    m.own = torch::one_hot(slots, n + 1)
+                .narrow(1, 0, n)
+                .to(compute.dtype())
+                .view({batch, 1, n, 1})
+                .expand({batch, 1, n, R})
+                .reshape({batch, 1, n * R});
     return m;
   }
 

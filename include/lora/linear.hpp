@@ -123,12 +123,8 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
           return detail::full_B(lora_B(n), adapter_options(n).enable(), options.out_features()).to(input.scalar_type());
         });
     if (m.empty) return y;
-    const int64_t batch = input.size(0), n = m.A_all.size(0) - 1, R = m.A_all.size(1);
-    const torch::Tensor A_cat = m.A_all.narrow(0, 0, n).reshape({n * R, options.in_features()});
-    const torch::Tensor B_cat = m.B_all.narrow(0, 0, n).permute({1, 0, 2}).reshape({options.out_features(), n * R});
-    const torch::Tensor h = torch::matmul(input.reshape({batch, -1, options.in_features()}), A_cat.t());  // [batch, T, n·R]
-    const torch::Tensor own = m.row_mask.view({batch, 1, n, 1}).expand({batch, 1, n, R}).reshape({batch, 1, n * R});
-    return y + torch::matmul(h * own, B_cat.t()).view(y.sizes());
+    const torch::Tensor h = torch::matmul(input.reshape({input.size(0), -1, options.in_features()}), m.A_cat.t());  // [batch, T, n·R]
+    return y + torch::matmul(h * m.own, m.B_cat.t()).view(y.sizes());
   }
 
   torch::Tensor delta_weight(const std::string& name) override {
