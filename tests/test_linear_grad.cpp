@@ -221,10 +221,12 @@ class LoRALinearDropout : public ::testing::TestWithParam<std::string> {
 // The mask depends only on the random state and x's shape: an identity adapter run from the
 // same state reads it back, and the general layer's output and gradients must then equal the
 // float64 formula with that mask.
-TEST_P(LoRALinearDropout, TrainingUsesOneMaskInForwardAndBackward) {
-  const torch::Device device(GetParam());
+namespace {
+
+/// Reads the dropout mask back through an identity adapter, then checks a general layer's output
+/// and gradients against the float64 formula with that mask.
+void expect_one_mask_in_forward_and_backward(const torch::Device& device, int64_t in, int64_t out, int64_t N) {
   const double p = 0.3;
-  const int64_t in = 32, out = 12, N = 40;
   auto layer = layer_with(in, out, {lora::AdapterOptions(4).alpha(8).dropout(p)});
   layer->weight.requires_grad_(false);
   layer->bias.requires_grad_(false);
@@ -264,6 +266,18 @@ TEST_P(LoRALinearDropout, TrainingUsesOneMaskInForwardAndBackward) {
   layer->eval();
   torch::NoGradGuard no_grad;
   EXPECT_LT(rel_err(layer(x), reference(layer, x).y), 1e-5);
+}
+
+}  // namespace
+
+TEST_P(LoRALinearDropout, TrainingUsesOneMaskInForwardAndBackward) {
+  expect_one_mask_in_forward_and_backward(torch::Device(GetParam()), 32, 12, 40);
+}
+
+TEST_P(LoRALinearDropout, OneMaskOverManyChunksOfAnOddWidth) {
+  // 601 × 1001 elements: rows straddle mask bytes, the CPU kernels split the work into chunks of
+  // 32,768 elements, and the last mask byte is partial (601,601 = 8·75,200 + 1).
+  expect_one_mask_in_forward_and_backward(torch::Device(GetParam()), 1001, 24, 601);
 }
 
 TEST_P(LoRALinearDropout, KeepsOneMinusPAndIsReproducibleFromTheSeed) {

@@ -5,8 +5,17 @@
 // E2E-like lengths (said in the label).
 //
 // Counters (plain numbers): tok/s (input tokens that are not padding, per second), step_ms,
-// epoch_h (hours for one epoch of E2E's 42,061 examples = 5,258 steps) and recipe_h (hours for
-// the paper's 5 epochs).
+// epoch_h (hours for one epoch of E2E's 42,061 examples = 5,258 steps), recipe_h (hours for
+// the paper's 5 epochs), pad (share of the computed positions that are padding), GFLOP/s of the
+// step and of_peak (that over the sgemm rate BM_SgemmPeak measures in the same process).
+//
+// The FLOPs of a step, counted as the step does them (padding included, the causal half of the
+// attention scores included since it is computed): per layer and position, 2·12·C² for the four
+// projections (c_attn 3C², c_proj C², c_fc 4C², mlp.c_proj 4C²) and 2·2·L·C for the scores and
+// their weighted sum (L the batch's length); the backward again as much for the projections,
+// whose frozen weights need no weight gradient, and twice as much for the attention. The head
+// runs on the completion positions only: 2·C·V forward and 2·C·V for its input gradient (wte is
+// frozen). LoRA's own products (r = 4) are left out: under 0.1% of the step.
 #include <benchmark/benchmark.h>
 
 #include "../test_util.hpp"
@@ -61,13 +70,48 @@ gpt2::Config shape(int64_t size) {
   return c;
 }
 
+/// The best sgemm rate of a few 2048×2048×2048 products, in GFLOP/s, measured once per process
+/// (on the device the steps run on): the roofline the training step is compared with.
+double sgemm_peak(bool cuda) {
+  static std::map<bool, double> peak;
+  if (!peak.count(cuda)) {
+    const auto opt = torch::TensorOptions().device(cuda ? torch::kCUDA : torch::kCPU);
+    const auto a = torch::randn({2048, 2048}, opt), b = torch::randn({2048, 2048}, opt);
+    double best = 0;
+    for (int i = 0; i < 6; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      auto c = torch::mm(a, b);
+      if (cuda) c.sum().item<float>();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      best = std::max(best, 2.0 * 2048 * 2048 * 2048 / s / 1e9);
+    }
+    peak[cuda] = best;
+  }
+  return peak[cuda];
+}
+
+void BM_SgemmPeak(benchmark::State& state) {
+  const bool cuda = state.range(0) > 0;
+  if (cuda && !torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
+  for (auto _ : state) benchmark::DoNotOptimize(sgemm_peak(cuda));
+  state.counters["GFLOP/s"] = sgemm_peak(cuda);
+}
+
+/// FLOPs of one training step on a batch (see the file comment).
+double step_flops(const gpt2::Config& c, const e2e::Batch& b) {
+  const double C = static_cast<double>(c.n_embd), L = static_cast<double>(b.input.size(1));
+  const double positions = static_cast<double>(b.input.numel()), completions = b.mask.sum().item<double>();
+  const double per_position = 2.0 * (2.0 * 12.0 * C * C) + 3.0 * (2.0 * 2.0 * L * C);
+  return static_cast<double>(c.n_layer) * positions * per_position + completions * 2.0 * (2.0 * C * static_cast<double>(c.vocab_size));
+}
+
 // range(0): 0 small / 1 medium; range(1): pad to (0: the batch's longest); range(2): 0 cpu fp32,
-// 1 cuda fp32, 2 cuda bf16 autocast.
+// 1 cuda fp32, 2 cuda bf16 autocast; range(3): 1 = --group-by-length.
 void BM_TrainStep(benchmark::State& state) {
   const bool cuda = state.range(2) > 0;
   if (cuda && !torch::cuda::is_available()) return state.SkipWithError("no CUDA device");
   static std::map<std::vector<int64_t>, std::unique_ptr<e2e::Trainer>> trainers;  // built once per configuration
-  const std::vector<int64_t> key{state.range(0), state.range(1), state.range(2)};
+  const std::vector<int64_t> key{state.range(0), state.range(1), state.range(2), state.range(3)};
   auto& trainer = trainers[key];
   const auto& d = data();
   if (!trainer) {
@@ -77,45 +121,62 @@ void BM_TrainStep(benchmark::State& state) {
     o.device = cuda ? "cuda" : "cpu";
     o.dtype = state.range(2) == 2 ? e2e::Precision::BF16 : e2e::Precision::FP32;
     o.epochs = 1000;  // never runs out
-    trainer = std::make_unique<e2e::Trainer>(std::make_shared<gpt2::GPT2LMHeadModelImpl>(shape(state.range(0))), o, d.examples.size());
+    o.group_by_length = state.range(3) == 1;
+    trainer = std::make_unique<e2e::Trainer>(std::make_shared<gpt2::GPT2LMHeadModelImpl>(shape(state.range(0))), o, d.examples);
     trainer->step(e2e::make_batch(d.examples, trainer->next_indices(), o.pad_to));  // warm-up: allocations, kernels
   }
+  const double peak = sgemm_peak(cuda);
   int64_t tokens = 0;
+  double flops = 0, positions = 0, real = 0;  // real: positions holding a token
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
     const auto idx = trainer->next_indices();
-    for (auto i : idx) tokens += static_cast<int64_t>(d.examples[i].tokens.size()) - 1;
-    benchmark::DoNotOptimize(trainer->step(e2e::make_batch(d.examples, idx, state.range(1))));  // .item() syncs
+    for (auto i : idx) {
+      tokens += static_cast<int64_t>(d.examples[i].tokens.size()) - 1;
+      real += static_cast<double>(d.examples[i].tokens.size());
+    }
+    const auto batch = e2e::make_batch(d.examples, idx, state.range(1));
+    flops += step_flops(trainer->model()->config, batch);
+    positions += static_cast<double>(batch.input.numel());
+    benchmark::DoNotOptimize(trainer->step(batch));  // .item() syncs
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  state.counters["GFLOP/s"] = flops / secs / 1e9;
+  state.counters["of_peak"] = flops / secs / 1e9 / peak;
+  state.counters["pad"] = 1.0 - real / positions;
   const double step_s = secs / static_cast<double>(state.iterations());
   state.counters["tok/s"] = static_cast<double>(tokens) / secs;
   state.counters["step_ms"] = 1e3 * step_s;
   state.counters["epoch_h"] = step_s * kStepsPerEpoch / 3600.0;
   state.counters["recipe_h"] = 5.0 * step_s * kStepsPerEpoch / 3600.0;
-  state.SetLabel(std::string(state.range(0) ? "gpt2-medium" : "gpt2-small") + (state.range(1) ? ", pad to 512" : ", per-batch padding") +
+  state.SetLabel(std::string(state.range(0) ? "gpt2-medium" : "gpt2-small") +
+                 (state.range(1) ? ", pad to 512" : state.range(3) ? ", grouped by length" : ", per-batch padding") +
                  (state.range(2) == 0 ? ", cpu fp32" : state.range(2) == 1 ? ", cuda fp32" : ", cuda bf16") + ", " + d.source);
 }
 
 }  // namespace
 
-// CPU: small with both paddings, medium per-batch (seconds per step: few iterations).
+BENCHMARK(BM_SgemmPeak)->ArgNames({"dev"})->Arg(0)->Arg(1)->Iterations(1)->Unit(benchmark::kMillisecond);
+// CPU: small with both paddings and grouped by length, medium per-batch (seconds per step: few
+// iterations).
 BENCHMARK(BM_TrainStep)
-    ->ArgNames({"medium", "pad", "dev"})
-    ->Args({0, 0, 0})
-    ->Args({0, 512, 0})
-    ->Args({1, 0, 0})
+    ->ArgNames({"medium", "pad", "dev", "grouped"})
+    ->Args({0, 0, 0, 0})
+    ->Args({0, 0, 0, 1})
+    ->Args({0, 512, 0, 0})
+    ->Args({1, 0, 0, 0})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(10.0);
 // CUDA: bf16 autocast with both paddings, fp32 for comparison, both sizes.
 BENCHMARK(BM_TrainStep)
-    ->ArgNames({"medium", "pad", "dev"})
-    ->Args({0, 0, 2})
-    ->Args({0, 512, 2})
-    ->Args({1, 0, 1})
-    ->Args({1, 0, 2})
-    ->Args({1, 512, 2})
+    ->ArgNames({"medium", "pad", "dev", "grouped"})
+    ->Args({0, 0, 2, 0})
+    ->Args({0, 512, 2, 0})
+    ->Args({1, 0, 1, 0})
+    ->Args({1, 0, 2, 0})
+    ->Args({1, 0, 2, 1})
+    ->Args({1, 512, 2, 0})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(3.0);

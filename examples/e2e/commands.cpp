@@ -98,7 +98,7 @@ TrainResult train(const TrainArgs& a) {
   const bool lead = group.rank() == 0;  // rank 0 prints, logs and saves
   std::ostream& out = lead ? std::cout : null_stream();
   std::ostream& progress = lead ? std::cerr : null_stream();
-  Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(a.model)), a.o, train_set.size(), group);
+  Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(a.model)), a.o, train_set, group);
   auto model = trainer.model();
   result.total = trainer.parameter_count();
   result.total_steps = trainer.total_steps();

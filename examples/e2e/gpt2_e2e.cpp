@@ -61,6 +61,8 @@ CLI::App* add_train(CLI::App& app, TrainArgs& t) {
   cmd->add_option("--seed", t.o.seed)->capture_default_str();
   cmd->add_option("--max-len", t.max_len)->capture_default_str();
   cmd->add_option("--pad-to", t.o.pad_to, "pad every batch to this length (0: to the batch's longest)")->capture_default_str();
+  cmd->add_flag("--group-by-length", t.o.group_by_length,
+                "batches of examples of similar lengths (HF's group_by_length): less padding, not the reference's order");
   cmd->add_option("--valid-limit", t.valid_limit, "validation examples (0: all)")->capture_default_str();
   cmd->add_option("--log-every", t.log_every)->capture_default_str();
   cmd->add_option("--threads", t.threads)->capture_default_str();

@@ -189,6 +189,13 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
   if (o_.max_steps > 0) total_steps_ = std::min(total_steps_, o_.max_steps);
 }
 
+Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, const std::vector<Example>& examples,
+                 lora::dist::ProcessGroup group)
+    : Trainer(std::move(model), std::move(options), examples.size(), std::move(group)) {
+  lengths_.reserve(examples.size());
+  for (const auto& e : examples) lengths_.push_back(static_cast<int64_t>(e.tokens.size()));
+}
+
 int64_t Trainer::trainable_count() const {
   int64_t n = 0;
   for (const auto& p : trainable_) n += p.second.numel();
@@ -213,6 +220,11 @@ const std::vector<size_t>& Trainer::order_of(int64_t epoch) const {
     std::seed_seq seq{static_cast<uint64_t>(o_.seed), static_cast<uint64_t>(epoch)};
     std::mt19937_64 rng(seq);
     std::shuffle(order_cache_.begin(), order_cache_.end(), rng);
+    if (o_.group_by_length) {
+      if (lengths_.size() != num_examples_)
+        throw std::logic_error("e2e::Trainer: group_by_length needs the examples' lengths; construct the Trainer with the examples");
+      order_cache_ = group_by_length(order_cache_, lengths_, o_.batch_size);
+    }
     order_epoch_ = epoch;
   }
   return order_cache_;
@@ -294,6 +306,7 @@ void Trainer::save_state(const std::string& file) const {
   archive.write("format", scalar(kStateFormat));
   archive.write("method", c10::IValue(name_of(o_.method)));
   archive.write("update_rule", c10::IValue(name_of(o_.optimizer)));
+  archive.write("group_by_length", scalar(o_.group_by_length ? 1 : 0));
   for (const auto& [key, v] : {std::pair<const char*, int64_t>{"epoch", pos_.epoch}, {"batch", pos_.batch}, {"step", pos_.step},
                                {"tokens", pos_.tokens}, {"seed", o_.seed}, {"batch_size", o_.batch_size},
                                {"grad_accum", o_.grad_accum}, {"examples", static_cast<int64_t>(num_examples_)},
@@ -307,10 +320,14 @@ void Trainer::save_state(const std::string& file) const {
   archive.write("optimizer", optim);
   archive.write("rng_cpu", rng_state(torch::kCPU), true);
   if (device_.is_cuda()) archive.write("rng_cuda", rng_state(device_), true);
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  const std::string data = bytes.str();  // written atomically: a crash leaves the previous state whole
-  lora::safetensors::atomic_write(file, [&](std::FILE* f) { lora::safetensors::write_bytes(f, data.data(), data.size(), file); });
+  // Streamed into the file (no copy of the state in memory: for full fine-tuning that is 3× the
+  // weights), written atomically: a crash leaves the previous state whole.
+  lora::safetensors::atomic_write(file, [&](std::FILE* f) {
+    archive.save_to([&](const void* data, size_t n) -> size_t {
+      lora::safetensors::write_bytes(f, data, n, file);
+      return n;
+    });
+  });
 }
 
 void Trainer::load_state(const std::string& path) {
@@ -344,6 +361,11 @@ void Trainer::load_state(const std::string& path) {
   if (optimizer.toStringRef() != name_of(o_.optimizer))
     throw std::runtime_error("trainer state '" + file + "' was saved by a --optimizer " + optimizer.toStringRef() +
                              " run; this run is --optimizer " + name_of(o_.optimizer));
+  torch::Tensor grouped = scalar(0);  // states written before --group-by-length: off
+  archive.try_read("group_by_length", grouped);
+  if ((grouped.item<int64_t>() != 0) != o_.group_by_length)
+    throw std::runtime_error("trainer state '" + file + "' was saved by a run " + (o_.group_by_length ? "without" : "with") +
+                             " --group-by-length; resume with the same batch order");
   const std::pair<const char*, int64_t> must_match[] = {{"seed", o_.seed},
                                                         {"batch_size", o_.batch_size},
                                                         {"grad_accum", o_.grad_accum},

@@ -46,6 +46,9 @@ struct TrainOptions {
   bool model_dropout = false;
   int64_t epochs = 5, batch_size = 8, grad_accum = 1, max_steps = 0;  ///< max_steps 0: all epochs
   int64_t pad_to = 0;          ///< pad each batch to this length (0: to the batch's own longest)
+  /// Batches of similar lengths (e2e::group_by_length on each epoch's shuffle): less padding, but
+  /// not the reference's order, so off by default. Needs the Trainer built from the examples.
+  bool group_by_length = false;
   int64_t seed = 110;
   std::string device = "cpu";  ///< "cpu" or "cuda"
   Precision dtype = Precision::FP32;  ///< BF16: CUDA only
@@ -101,6 +104,9 @@ class Trainer {
   /// parameter (full), moves the model to the device and builds the optimizer.
   Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, size_t num_examples,
           lora::dist::ProcessGroup group = lora::dist::ProcessGroup());
+  /// The same for these examples, whose lengths options.group_by_length needs.
+  Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions options, const std::vector<Example>& examples,
+          lora::dist::ProcessGroup group = lora::dist::ProcessGroup());
 
   /// The indices of this rank's share of the next batch (the whole batch in a single process;
   /// possibly none when a final batch has fewer examples than ranks).
@@ -139,6 +145,7 @@ class Trainer {
   TrainOptions o_;
   lora::dist::ProcessGroup group_;
   size_t num_examples_;
+  std::vector<int64_t> lengths_;  // token counts of the examples, for group_by_length
   torch::Device device_;
   std::vector<std::pair<std::string, torch::Tensor>> trainable_;  // name -> parameter, in model order
   std::unique_ptr<torch::optim::AdamW> opt_;

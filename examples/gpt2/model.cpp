@@ -250,14 +250,27 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
       unexpected.push_back(t.name);
       continue;
     }
-    auto value = lora::to_tensor(t);
-    if (is_conv1d_weight(key)) value = value.t();
-    if (value.sizes() != params[key].sizes()) {
+    const bool conv1d = is_conv1d_weight(key);
+    const auto value = lora::borrow_tensor(t);  // the file's bytes, read in place
+    if ((conv1d ? value.t() : value).sizes() != params[key].sizes()) {
       wrong.push_back(t.name + " has shape " + lora::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
                       lora::shape_str(is_conv1d_weight(key) ? params[key].t().sizes() : params[key].sizes()));
       continue;
     }
-    params[key].copy_(value);
+    // Copied into the parameter ~16 MB of file rows at a time, each piece's pages released at
+    // once: loading holds the model and one piece, not the model twice (wte alone is 154 MB).
+    const int64_t rows = value.dim() ? value.size(0) : 1;
+    const size_t row_bytes = t.nbytes / static_cast<size_t>(std::max<int64_t>(1, rows));
+    const int64_t piece = std::max<int64_t>(1, static_cast<int64_t>((size_t{16} << 20) / std::max<size_t>(1, row_bytes)));
+    if (value.dim() == 0) params[key].copy_(value);
+    for (int64_t r0 = 0; value.dim() && r0 < rows; r0 += piece) {
+      const int64_t n = std::min(piece, rows - r0);
+      if (conv1d)
+        params[key].narrow(1, r0, n).copy_(value.narrow(0, r0, n).t());
+      else
+        params[key].narrow(0, r0, n).copy_(value.narrow(0, r0, n));
+      file.release(t.data + static_cast<size_t>(r0) * row_bytes, static_cast<size_t>(n) * row_bytes);
+    }
     loaded.insert(key);
   }
   std::vector<std::string> missing;
@@ -275,7 +288,7 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
     if (!wrong.empty()) msg += " " + list(wrong) + ";";
     throw std::runtime_error(msg + " is it a GPT-2 checkpoint of this size?");
   }
-  if (lm_head && !torch::equal(lora::to_tensor(*lm_head), model->transformer->wte->weight))
+  if (lm_head && !torch::equal(lora::borrow_tensor(*lm_head), model->transformer->wte->weight))
     throw std::runtime_error("'" + st + "': lm_head.weight differs from transformer.wte.weight; GPT-2's head is tied "
                              "to the token embedding and an untied head is not supported");
   model->to(dtype);

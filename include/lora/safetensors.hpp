@@ -258,6 +258,16 @@ class MappedFile {
 
   const uint8_t* data() const { return data_ ? data_ : reinterpret_cast<const uint8_t*>(""); }
   size_t size() const { return size_; }
+  /// Drops the pages of [p, p + n) from this process's memory (they are read from the file again
+  /// if touched): a loader that copied a tensor out releases its bytes, so loading a model does
+  /// not hold the model twice.
+  void release(const uint8_t* p, size_t n) const {
+    if (!data_ || n == 0 || p < data_ || p + n > data_ + size_) return;
+    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+    const uintptr_t end = std::min(reinterpret_cast<uintptr_t>(data_ + size_), (reinterpret_cast<uintptr_t>(p + n) + page - 1) & ~(page - 1));
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advice only: a failure changes nothing
+  }
   const std::string& path() const { return path_; }
 
  private:
@@ -274,6 +284,10 @@ class File {
   const std::map<std::string, std::string>& metadata() const { return parsed_.metadata; }
   const TensorView* find(const std::string& name) const { return parsed_.find(name); }
   const std::string& path() const { return map_.path(); }
+  /// Releases the memory of a tensor's bytes, or of n bytes at p, once they were copied out
+  /// (MappedFile::release).
+  void release(const TensorView& t) const { map_.release(t.data, t.nbytes); }
+  void release(const uint8_t* p, size_t n) const { map_.release(p, n); }
 
  private:
   MappedFile map_;

@@ -60,6 +60,15 @@ inline torch::Tensor to_tensor(const safetensors::TensorView& t) {
   return cpu;
 }
 
+/// The tensor's bytes where they lie, without a copy, for reading while the file is open (the
+/// mapping is read-only: never write to it). A file need not align its tensors; a misaligned
+/// one is copied (to_tensor).
+inline torch::Tensor borrow_tensor(const safetensors::TensorView& t) {
+  const auto dtype = detail::to_torch(t.dtype);
+  if (t.nbytes == 0 || reinterpret_cast<uintptr_t>(t.data) % c10::elementSize(dtype) != 0) return to_tensor(t);
+  return torch::from_blob(const_cast<uint8_t*>(t.data), t.shape, torch::TensorOptions().dtype(dtype));
+}
+
 /// Tensors of a parsed file, each copied once from the file's bytes into a fresh CPU
 /// tensor (which also fixes alignment: offsets in a file need not be aligned), then
 /// moved to `device`.
@@ -74,19 +83,30 @@ inline NamedTensors load_safetensors(const std::string& path, torch::Device devi
   return load_safetensors(safetensors::File(path), device);
 }
 
-/// Writes `tensors` (any device, any layout) to `path` atomically, in the given order.
+/// Writes `tensors` (any device, any layout) to `path` atomically, in the given order. Each
+/// tensor is made a contiguous CPU tensor only while its bytes are written, so saving a model
+/// whose weights are stored transposed never holds a second copy of all of them.
 inline void save_safetensors(const std::string& path, const NamedTensors& tensors,
                              const std::map<std::string, std::string>& metadata = {}) {
-  std::vector<torch::Tensor> keep;  // contiguous CPU copies that back the byte views
-  std::vector<safetensors::TensorView> views;
+  std::vector<safetensors::TensorView> views;  // the header's entries
   for (const auto& item : tensors) {
-    torch::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
-    keep.push_back(t);
+    const torch::Tensor& t = item.value();
     views.push_back({item.key(), detail::from_torch(t.scalar_type(), item.key()),
-                     std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), static_cast<const uint8_t*>(t.data_ptr()),
+                     std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), nullptr,
                      static_cast<size_t>(t.numel()) * t.element_size()});
   }
-  safetensors::write_file(path, views, metadata);
+  const std::string header = safetensors::make_header(views, metadata);
+  safetensors::atomic_write(path, [&](std::FILE* f) {
+    uint8_t len[8];
+    safetensors::detail::put_le64(len, header.size());
+    safetensors::write_bytes(f, len, 8, path);
+    safetensors::write_bytes(f, header.data(), header.size(), path);
+    size_t i = 0;
+    for (const auto& item : tensors) {
+      const torch::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
+      safetensors::write_bytes(f, t.data_ptr(), views[i++].nbytes, path);
+    }
+  });
 }
 
 }  // namespace lora

@@ -118,6 +118,58 @@ TEST(E2ETrainer, EpochsVisitEveryExampleOnceInASeededOrder) {
   EXPECT_NE(t.next_indices(), epoch1.front()) << "epoch 2 should be shuffled anew";
 }
 
+TEST(E2EGroupByLength, MatchesTransformersOnAHandWorkedOrder) {
+  // 10 examples, batch 1: megabatches of min(10 / 4, 50) = 2 in the given order, each sorted
+  // longest first (ties keep their order), then the longest of all (index 4, length 9, first in
+  // the fourth megabatch) swapped with the first element.
+  const std::vector<int64_t> lengths{5, 7, 2, 2, 9, 1, 3, 8, 4, 6};
+  const std::vector<size_t> order{3, 2, 0, 1, 5, 6, 4, 7, 9, 8};
+  // megabatches: [3 2] -> [3 2] (tie), [0 1] -> [1 0], [5 6] -> [6 5], [4 7] -> [4 7], [9 8] -> [9 8]
+  const std::vector<size_t> expected{4, 2, 1, 0, 6, 5, 3, 7, 9, 8};
+  EXPECT_EQ(e2e::group_by_length(order, lengths, 1), expected);
+  EXPECT_NE(error_of([&] { e2e::group_by_length({0, 12}, lengths, 1); }).find("index 12"), std::string::npos);
+}
+
+TEST(E2EGroupByLength, TrainerPadsLessAndStillVisitsEveryExampleOnce) {
+  const auto data = examples(60);
+  auto o = options();
+  o.batch_size = 4;
+  auto padded = [&](bool grouped, std::vector<size_t>* seen) {
+    o.group_by_length = grouped;
+    e2e::Trainer t(tiny_model(), o, data);
+    int64_t positions = 0;
+    while (t.position().epoch == 1) {
+      const auto idx = t.next_indices();
+      seen->insert(seen->end(), idx.begin(), idx.end());
+      const auto batch = e2e::make_batch(data, idx);
+      positions += batch.input.numel();
+      t.step(batch);
+    }
+    return positions;
+  };
+  std::vector<size_t> plain_seen, grouped_seen;
+  const int64_t plain = padded(false, &plain_seen), grouped = padded(true, &grouped_seen);
+  int64_t real = 0;
+  for (const auto& e : data) real += static_cast<int64_t>(e.tokens.size());
+  EXPECT_LT(grouped - real, (plain - real) / 2) << "padding: grouped " << grouped - real << ", shuffled " << plain - real;
+  std::sort(grouped_seen.begin(), grouped_seen.end());
+  std::vector<size_t> all(60);
+  std::iota(all.begin(), all.end(), size_t{0});
+  EXPECT_EQ(grouped_seen, all);
+
+  o.group_by_length = true;  // the lengths are needed, and a state does not resume with another order
+  e2e::Trainer no_lengths(tiny_model(), o, data.size());
+  EXPECT_NE(error_of([&] { no_lengths.next_indices(); }).find("construct the Trainer with the examples"), std::string::npos);
+  e2e::Trainer grouped_run(tiny_model(), o, data);
+  train(grouped_run, data, 1);
+  const auto file = temp_file("grouped.pt");
+  grouped_run.save_state(file);
+  o.group_by_length = false;
+  e2e::Trainer other(tiny_model(), o, data);
+  EXPECT_NE(error_of([&] { other.load_state(file); }).find("with --group-by-length"), std::string::npos);
+  fs::remove(file);
+}
+
 TEST(E2ETrainer, ResumedRunMatchesUninterruptedRunExactly) {
   const auto data = examples(10);
   auto o = options();

@@ -116,6 +116,37 @@ TEST_F(Gpt2Test, LogitsEqualFloat64Reference) {
   EXPECT_LT(rel_err(logits, reference_logits(tensors, ids)), 1e-5);
 }
 
+TEST(Gpt2Load, TensorsOverOneCopyPieceArriveExactly) {
+  // from_pretrained copies ~16 MB of file rows at a time and releases them: wte (4200 × 1024,
+  // 17.2 MB) and the MLP's Conv1D weights (1024 × 4096 and 4096 × 1024 floats, stored [in, out]
+  // and transposed on the way) arrive in two pieces each, the last one partial.
+  const int64_t V = 4200, C = 1024, P = 8;
+  lora::NamedTensors t;
+  t.insert("wte.weight", torch::randn({V, C}));
+  t.insert("wpe.weight", torch::randn({P, C}));
+  for (const char* ln : {"h.0.ln_1", "h.0.ln_2", "ln_f"}) {
+    t.insert(std::string(ln) + ".weight", torch::randn({C}));
+    t.insert(std::string(ln) + ".bias", torch::randn({C}));
+  }
+  const std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> conv{
+      {"h.0.attn.c_attn", {C, 3 * C}}, {"h.0.attn.c_proj", {C, C}}, {"h.0.mlp.c_fc", {C, 4 * C}}, {"h.0.mlp.c_proj", {4 * C, C}}};
+  for (const auto& [name, shape] : conv) {
+    t.insert(name + ".weight", torch::randn({shape.first, shape.second}));
+    t.insert(name + ".bias", torch::randn({shape.second}));
+  }
+  const std::string config = "{\"vocab_size\": 4200, \"n_positions\": 8, \"n_embd\": 1024, \"n_layer\": 1, \"n_head\": 4}";
+  const auto dir = write_checkpoint("pieces", t, config);
+  const auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(dir.string());
+  const auto params = model->named_parameters();
+  ASSERT_EQ(params.size(), t.size());
+  for (const auto& item : t) {
+    const bool is_conv = item.key().find(".c_") != std::string::npos && item.key().find(".weight") != std::string::npos;
+    const auto& loaded = params["transformer." + item.key()];
+    EXPECT_TRUE(torch::equal(loaded, is_conv ? item.value().t() : item.value())) << item.key();
+  }
+  lora_test::remove_tree(dir.string());
+}
+
 TEST_F(Gpt2Test, LoadsHubLayoutWithPrefixBuffersAndTiedHead) {
   lora::NamedTensors hub;
   for (const auto& item : tensors) hub.insert("transformer." + item.key(), item.value());
