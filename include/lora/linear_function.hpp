@@ -12,9 +12,10 @@
 ///               dx = dy·W0 + mask ⊙ (g·A)/(1−p)
 ///
 /// The thin products are computed transposed, as hᵀ = A·drop(x)ᵀ, gᵀ = s·Bᵀ·dyᵀ and
-/// dBᵀ = hᵀ·dy: with r rows and N columns OpenBLAS runs them 1.5–2.9× faster than with N rows
-/// and r columns (measured on this project's CPU machine, N = 4096, d = 1024, r = 8), and hᵀ,
-/// gᵀ are then contiguous operands of the products that read them.
+/// dBᵀ = hᵀ·dy: with r rows and N columns OpenBLAS runs them 1.5–2.9× faster when timed alone
+/// than with N rows and r columns (this project's CPU machine, N = 4096, d = 1024, r = 8; inside
+/// a whole step the difference shrinks to about 1%), and hᵀ, gᵀ are then contiguous operands
+/// of the products that read them.
 ///
 /// Saved for backward: x (which the layer below usually holds anyway), W0 (a parameter), A,
 /// B, h, and with dropout its mask: one bit per element of x on the CPU (dropout.hpp), one
@@ -105,13 +106,8 @@ class LoRALinearFunction : public torch::autograd::Function<LoRALinearFunction> 
     const torch::Tensor xc = x.to(cd);
     const torch::Tensor W = t[1].to(cd);
     const size_t first = plan.has_bias ? 3 : 2;
-    // Without autograd (inference), adapters without dropout in float32/float64 go through the
-    // weight when the batch is at least as large as forming it: one GEMM with W0 + s·B·A instead
-    // of hᵀ and a pass over y (measured 1.00–1.04× a plain Linear against 1.09× at 4096 × 1024).
-    // Few rows (generation) keep the adapter apart, and so does training: the backward needs hᵀ.
-    const bool big = xc.size(0) * (W.size(0) + W.size(1)) >= W.size(0) * W.size(1);
-    torch::Tensor Wf = W;
-    std::vector<bool> fused(plan.terms.size(), false);
+    // With or without autograd the same operations run, so a model's output does not depend on
+    // whether its adapters require gradients (merge them for inference at a plain Linear's cost).
     std::vector<TermState> local;
     std::vector<torch::Tensor> Bs;
     for (size_t i = 0; i < plan.terms.size(); ++i) {
@@ -128,16 +124,11 @@ class LoRALinearFunction : public torch::autograd::Function<LoRALinearFunction> 
           xa = xa.mul(st.mask).mul_(1.0 / (1.0 - term.dropout));
         }
       }
-      fused[i] = !states && big && !st.mask.defined() && (cd == torch::kFloat || cd == torch::kDouble) && A.scalar_type() == cd;
-      if (fused[i])
-        Wf = Wf.addmm(full_B(Bs[i], term.enable, W.size(0)), A, /*beta=*/1, /*alpha=*/term.scale);
-      else
-        st.ht = torch::mm(A, xa.t());
+      st.ht = torch::mm(A, xa.t());
       local.push_back(std::move(st));
     }
-    torch::Tensor y = plan.has_bias ? torch::addmm(t[2].to(cd), xc, Wf.t()) : torch::mm(xc, Wf.t());
-    for (size_t i = 0; i < plan.terms.size(); ++i)
-      if (!fused[i]) add_update(y, local[i].ht, Bs[i], plan.terms[i]);
+    torch::Tensor y = plan.has_bias ? torch::addmm(t[2].to(cd), xc, W.t()) : torch::mm(xc, W.t());
+    for (size_t i = 0; i < plan.terms.size(); ++i) add_update(y, local[i].ht, Bs[i], plan.terms[i]);
     if (states) *states = std::move(local);
     if (x_used) *x_used = xc;
     if (w_used) *w_used = W;

@@ -39,10 +39,15 @@ PYTHONUNBUFFERED=1 timeout 120 python3 tools/gpu-check/peft_check.py build-gpu /
 say "PEFT interop rc=$?"
 grep -E "PASS|FAIL|ERROR|transformers" "$OUT/peft.log" | tail -n 9 >> "$OUT/summary.txt"
 
+if [ "$(left)" -gt 200 ]; then  # HF transformers + PEFT on the recipe's GPT-2 medium shape, for the ratio below
+  PYTHONUNBUFFERED=1 timeout 100 python3 tools/gpu-check/peft_speed.py build-gpu .device/data > "$OUT/peft_speed.log" 2>&1
+  say "PEFT speed rc=$?: $(grep -E 'PEFT_SPEED|Error' "$OUT/peft_speed.log" | tail -n 2)"
+fi
 if [ "$(left)" -gt 90 ]; then
   timeout $(( $(left) - 60 )) build-gpu/examples/e2e/e2e-bench --benchmark_filter='dev:[12]' > "$OUT/bench_train.txt" 2>&1
   say "e2e-bench rc=$?"
   grep BM_ "$OUT/bench_train.txt" >> "$OUT/summary.txt"
+  say "ours, same shape as peft_speed.py: $(grep 'medium:1/pad:0/dev:2/grouped:0' "$OUT/bench_train.txt" | grep -o 'tok/s=[0-9.k]*')"
 fi
 if [ "$(left)" -gt 45 ]; then
   timeout 40 build-gpu/bench/lora-bench --benchmark_filter='dev:1' --benchmark_min_time=0.5 > "$OUT/bench_linear.txt" 2>&1
