@@ -254,16 +254,16 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
     const auto value = lora::borrow_tensor(t);  // the file's bytes, read in place
     if ((conv1d ? value.t() : value).sizes() != params[key].sizes()) {
       wrong.push_back(t.name + " has shape " + lora::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
-                      lora::shape_str(is_conv1d_weight(key) ? params[key].t().sizes() : params[key].sizes()));
+                      lora::shape_str(conv1d ? params[key].t().sizes() : params[key].sizes()));
       continue;
     }
     // Copied into the parameter ~16 MB of file rows at a time, each piece's pages released at
     // once: loading holds the model and one piece, not the model twice (wte alone is 154 MB).
-    const int64_t rows = value.dim() ? value.size(0) : 1;
+    // (GPT-2's parameters have one or two dimensions: a scalar never passes the shape check.)
+    const int64_t rows = value.size(0);
     const size_t row_bytes = t.nbytes / static_cast<size_t>(std::max<int64_t>(1, rows));
     const int64_t piece = std::max<int64_t>(1, static_cast<int64_t>((size_t{16} << 20) / std::max<size_t>(1, row_bytes)));
-    if (value.dim() == 0) params[key].copy_(value);
-    for (int64_t r0 = 0; value.dim() && r0 < rows; r0 += piece) {
+    for (int64_t r0 = 0; r0 < rows; r0 += piece) {
       const int64_t n = std::min(piece, rows - r0);
       if (conv1d)
         params[key].narrow(1, r0, n).copy_(value.narrow(0, r0, n).t());

@@ -141,14 +141,6 @@ inline torch::Tensor masked_scale(const torch::Tensor& x, const torch::Tensor& b
       for (int64_t byte = begin; byte < end; ++byte) {
         const uint32_t m = mask[byte];
         const int64_t first = 8 * byte, count = std::min<int64_t>(8, n - first);
-        if (count == 8) {  // a whole byte: a fixed trip count the compiler unrolls
-          for (int64_t j = 0; j < 8; ++j)
-            dst[first + j] = static_cast<scalar_t>(static_cast<acc>(src[first + j]) * (scale * static_cast<acc>((m >> j) & 1u)));
-          if (g)
-            for (int64_t j = 0; j < 8; ++j)
-              g[first + j] = static_cast<scalar_t>(static_cast<acc>(g[first + j]) * (scale * static_cast<acc>((m >> j) & 1u)));
-          continue;
-        }
         for (int64_t j = 0; j < count; ++j) {
           const acc f = scale * static_cast<acc>((m >> j) & 1u);
           dst[first + j] = static_cast<scalar_t>(static_cast<acc>(src[first + j]) * f);

@@ -284,9 +284,7 @@ class File {
   const std::map<std::string, std::string>& metadata() const { return parsed_.metadata; }
   const TensorView* find(const std::string& name) const { return parsed_.find(name); }
   const std::string& path() const { return map_.path(); }
-  /// Releases the memory of a tensor's bytes, or of n bytes at p, once they were copied out
-  /// (MappedFile::release).
-  void release(const TensorView& t) const { map_.release(t.data, t.nbytes); }
+  /// Releases the memory of n bytes at p once they were copied out (MappedFile::release).
   void release(const uint8_t* p, size_t n) const { map_.release(p, n); }
 
  private:
@@ -361,15 +359,22 @@ inline std::string make_header(const std::vector<TensorView>& tensors, const std
 
 /// Writes a safetensors file atomically (see `atomic_write`).
 inline void write_file(const std::string& path, const std::vector<TensorView>& tensors,
-                       const std::map<std::string, std::string>& metadata = {}) {
+                       const std::map<std::string, std::string>& metadata,
+                       const std::function<void(std::FILE*, size_t)>& write_data) {
   const std::string header = make_header(tensors, metadata);
   atomic_write(path, [&](std::FILE* f) {
     uint8_t len[8];
     detail::put_le64(len, header.size());
     write_bytes(f, len, 8, path);
     write_bytes(f, header.data(), header.size(), path);
-    for (const auto& t : tensors) write_bytes(f, t.data, t.nbytes, path);
+    for (size_t i = 0; i < tensors.size(); ++i) write_data(f, i);
   });
+}
+
+/// The same with each tensor's bytes at its `data`.
+inline void write_file(const std::string& path, const std::vector<TensorView>& tensors,
+                       const std::map<std::string, std::string>& metadata = {}) {
+  write_file(path, tensors, metadata, [&](std::FILE* f, size_t i) { write_bytes(f, tensors[i].data, tensors[i].nbytes, path); });
 }
 
 }  // namespace safetensors

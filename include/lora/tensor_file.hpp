@@ -95,17 +95,9 @@ inline void save_safetensors(const std::string& path, const NamedTensors& tensor
                      std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), nullptr,
                      static_cast<size_t>(t.numel()) * t.element_size()});
   }
-  const std::string header = safetensors::make_header(views, metadata);
-  safetensors::atomic_write(path, [&](std::FILE* f) {
-    uint8_t len[8];
-    safetensors::detail::put_le64(len, header.size());
-    safetensors::write_bytes(f, len, 8, path);
-    safetensors::write_bytes(f, header.data(), header.size(), path);
-    size_t i = 0;
-    for (const auto& item : tensors) {
-      const torch::Tensor t = item.value().detach().to(torch::kCPU).contiguous();
-      safetensors::write_bytes(f, t.data_ptr(), views[i++].nbytes, path);
-    }
+  safetensors::write_file(path, views, metadata, [&](std::FILE* f, size_t i) {
+    const torch::Tensor t = tensors.items()[i].value().detach().to(torch::kCPU).contiguous();
+    safetensors::write_bytes(f, t.data_ptr(), views[i].nbytes, path);
   });
 }
 
