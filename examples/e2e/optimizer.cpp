@@ -1,5 +1,6 @@
 #include "optimizer.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -8,6 +9,8 @@
 namespace e2e {
 
 namespace {
+
+constexpr int64_t kPiece = int64_t{1} << 20;  // elements updated at a time (4 MB of fp32)
 
 /// The key of a parameter in Optimizer::state_: its TensorImpl's address, printed in LibTorch 1.x,
 /// the pointer itself in 2.x.
@@ -53,13 +56,30 @@ torch::Tensor ReferenceAdamW::step(LossClosure closure) {
       }
       auto& st = static_cast<torch::optim::AdamWParamState&>(*state_[key]);
       st.step(st.step() + 1);
-      st.exp_avg().mul_(beta1).add_(grad, 1.0 - beta1);
-      st.exp_avg_sq().mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
-      const torch::Tensor denom = st.exp_avg_sq().sqrt().add_(o.eps());
       const double t = static_cast<double>(st.step());
       const double step_size = o.lr() * std::sqrt(1.0 - std::pow(beta2, t)) / (1.0 - std::pow(beta1, t));
-      p.addcdiv_(st.exp_avg(), denom, -step_size);
-      if (o.weight_decay() > 0.0) p.add_(p, -o.lr() * o.weight_decay());
+      const double decay = -o.lr() * o.weight_decay();
+      // Element-wise, so a large parameter (GPT-2's 154 MB wte) is updated in pieces: √v + eps is
+      // then a piece-sized temporary instead of a parameter-sized one.
+      const torch::Tensor g = grad.is_sparse() ? grad.to_dense() : grad;
+      const auto update = [&](torch::Tensor w, const torch::Tensor& dw, torch::Tensor m1, torch::Tensor m2) {
+        m1.mul_(beta1).add_(dw, 1.0 - beta1);
+        m2.mul_(beta2).addcmul_(dw, dw, 1.0 - beta2);
+        w.addcdiv_(m1, m2.sqrt().add_(o.eps()), -step_size);
+        if (o.weight_decay() > 0.0) w.add_(w, decay);
+      };
+      const torch::Tensor& m = st.exp_avg();
+      const torch::Tensor& v = st.exp_avg_sq();
+      const int64_t n = p.numel();
+      if (n <= kPiece || !(p.is_contiguous() && g.is_contiguous() && m.is_contiguous() && v.is_contiguous())) {
+        update(p, g, m, v);
+        continue;
+      }
+      const auto pf = p.view({-1}), gf = g.view({-1}), mf = m.view({-1}), vf = v.view({-1});
+      for (int64_t at = 0; at < n; at += kPiece) {
+        const int64_t len = std::min(kPiece, n - at);
+        update(pf.narrow(0, at, len), gf.narrow(0, at, len), mf.narrow(0, at, len), vf.narrow(0, at, len));
+      }
     }
   }
   return loss;

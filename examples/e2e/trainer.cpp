@@ -281,10 +281,20 @@ double Trainer::step(const Batch& batch) {
   accumulating_ = true;
   if ((pos_.batch + 1) % o_.grad_accum == 0 || epoch_end || pos_.step + 1 == total_steps_) {
     for (auto& group : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(pos_.step));
-    if (parallel) group_.all_reduce_gradients(opt_->param_groups()[0].params());
-    if (o_.clip > 0) torch::nn::utils::clip_grad_norm_(opt_->param_groups()[0].params(), o_.clip);
+    auto& params = opt_->param_groups()[0].params();
+    if (parallel) {
+      group_.all_reduce_gradients(params);  // a missing gradient is zeros there too
+    } else {
+      torch::NoGradGuard no_grad;
+      for (auto& p : params)  // the reference's zeroed gradients: Adam still steps a parameter without one
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    }
+    if (o_.clip > 0) torch::nn::utils::clip_grad_norm_(params, o_.clip);
     opt_->step();
-    opt_->zero_grad();
+    // Gradients are dropped rather than zeroed (zero_grad(set_to_none=true), PyTorch 2's default):
+    // the next backward then hands each parameter its gradient buffer instead of adding it into a
+    // zeroed one, which kept a second copy of the largest gradient (GPT-2's 154 MB wte) alive.
+    for (auto& p : params) p.mutable_grad().reset();
     accumulating_ = false;
   }
   ++pos_.step;

@@ -156,7 +156,11 @@ torch::Tensor BlockImpl::forward(torch::Tensor x, const torch::Tensor& allowed, 
 }
 
 TransformerImpl::TransformerImpl(const Config& c) {
-  wte = register_module("wte", lora::LoRAEmbedding(c.vocab_size, c.n_embd));
+  // The lookup's gradient is sparse (the rows of the batch's tokens): the engine adds it in place
+  // into the head's dense [vocab, n_embd] gradient of the same tied weight, where a dense lookup
+  // gradient would keep two more vocab-sized buffers alive at the end of full fine-tuning's
+  // backward (the two gradients and their sum). wte's gradient is dense either way.
+  wte = register_module("wte", lora::LoRAEmbedding(torch::nn::EmbeddingOptions(c.vocab_size, c.n_embd).sparse(true)));
   wte->set_tied_to("lm_head");  // the output head reads wte's weight (GPT2LMHeadModelImpl::lm_head)
   wpe = register_module("wpe", torch::nn::Embedding(c.n_positions, c.n_embd));
   h = register_module("h", torch::nn::ModuleList());

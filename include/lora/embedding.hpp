@@ -127,6 +127,10 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
     stream << "lora::LoRAEmbedding(num_embeddings=" << options.num_embeddings()
            << ", embedding_dim=" << options.embedding_dim();
     if (options.padding_idx()) stream << ", padding_idx=" << *options.padding_idx();
+    if (options.max_norm()) stream << ", max_norm=" << *options.max_norm();
+    if (options.norm_type() != 2.0) stream << ", norm_type=" << options.norm_type();
+    if (options.scale_grad_by_freq()) stream << ", scale_grad_by_freq=" << std::boolalpha << options.scale_grad_by_freq();
+    if (options.sparse()) stream << ", sparse=" << std::boolalpha << options.sparse();
     print_adapters(stream);
     stream << ")";
   }

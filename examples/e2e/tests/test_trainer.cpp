@@ -481,6 +481,39 @@ TEST(E2ETrainer, ReferenceAndTorchAdamWTakeDifferentSteps) {
   }
 }
 
+TEST(E2ETrainer, ReferenceAdamWUpdatesLargeParametersInPiecesAsOneFormula) {
+  // Sizes around the optimizer's 2^20-element pieces (one under, several with a partial last
+  // piece, a non-contiguous one updated whole), three steps against the rule written out in float64.
+  const int64_t piece = int64_t{1} << 20;
+  std::vector<torch::Tensor> params = {torch::randn({piece - 3}), torch::randn({3, piece / 2 + 7}),
+                                       torch::randn({2 * piece / 512 + 1, 512}).t()};
+  for (auto& p : params) p.set_requires_grad(true);
+  std::vector<torch::Tensor> p64, m64, v64;
+  for (const auto& p : params) {
+    p64.push_back(p.detach().to(torch::kDouble));
+    m64.push_back(torch::zeros_like(p64.back()));
+    v64.push_back(torch::zeros_like(p64.back()));
+  }
+  const double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-6, wd = 0.01;
+  e2e::ReferenceAdamW opt(params, torch::optim::AdamWOptions(lr).betas({b1, b2}).eps(eps).weight_decay(wd));
+  for (int t = 1; t <= 3; ++t) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto g = torch::randn(params[i].sizes());
+      params[i].mutable_grad() = g;
+      const auto g64 = g.to(torch::kDouble);
+      m64[i] = b1 * m64[i] + (1 - b1) * g64;
+      v64[i] = b2 * v64[i] + (1 - b2) * g64 * g64;
+      p64[i] = p64[i] - lr * std::sqrt(1 - std::pow(b2, t)) / (1 - std::pow(b1, t)) * m64[i] / (v64[i].sqrt() + eps);
+      p64[i] = p64[i] * (1 - lr * wd);
+    }
+    opt.step();
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto diff = (params[i].detach().to(torch::kDouble) - p64[i]).abs().max().item<double>();
+    EXPECT_LT(diff, 1e-6 * p64[i].abs().max().item<double>()) << "parameter " << i << " " << params[i].sizes();
+  }
+}
+
 TEST(E2ETrainer, ModelDropoutIsOffUnlessAsked) {
   const auto data = examples(4);
   const auto batch = e2e::make_batch(data, {0, 1, 2, 3});

@@ -116,6 +116,27 @@ TEST_F(Gpt2Test, LogitsEqualFloat64Reference) {
   EXPECT_LT(rel_err(logits, reference_logits(tensors, ids)), 1e-5);
 }
 
+TEST_F(Gpt2Test, TiedEmbeddingGradientSumsHeadAndLookupAsFloat64Autograd) {
+  // Full fine-tuning: wte gets the head's dense gradient and the lookup's sparse one (rows of the
+  // batch's tokens), summed by the engine into one dense gradient; checked against autograd
+  // through the float64 forward written above, with a dense upstream gradient.
+  for (auto& p : model->parameters()) p.set_requires_grad(true);
+  auto ids = torch::randint(0, kVocab, {2, 7});
+  ids[0][3] = ids[1][5] = ids[0][0];  // a token seen three times
+  const auto upstream = torch::randn({2, 7, kVocab}, torch::kDouble);
+  (model->forward(ids) * upstream.to(torch::kFloat)).sum().backward();
+  lora::NamedTensors t64;
+  for (const auto& item : tensors) t64.insert(item.key(), item.value().to(torch::kDouble));
+  auto& wte64 = t64["wte.weight"];
+  wte64.set_requires_grad(true);
+  (reference_logits(t64, ids) * upstream).sum().backward();
+  const auto& grad = model->transformer->wte->weight.grad();
+  ASSERT_TRUE(grad.defined());
+  EXPECT_FALSE(grad.is_sparse());
+  EXPECT_LT(rel_err(grad, wte64.grad()), 1e-5);
+  EXPECT_GT(wte64.grad().abs().sum().item<double>(), 0);
+}
+
 TEST(Gpt2Load, TensorsOverOneCopyPieceArriveExactly) {
   // from_pretrained copies ~16 MB of file rows at a time and releases them: wte (4200 × 1024,
   // 17.2 MB) and the MLP's Conv1D weights (1024 × 4096 and 4096 × 1024 floats, stored [in, out]
