@@ -7,7 +7,9 @@
 // Counters (plain numbers): tok/s (input tokens that are not padding, per second), step_ms,
 // epoch_h (hours for one epoch of E2E's 42,061 examples = 5,258 steps), recipe_h (hours for
 // the paper's 5 epochs), pad (share of the computed positions that are padding), GFLOP/s of the
-// step and of_peak (that over the sgemm rate BM_SgemmPeak measures in the same process).
+// steps, sgemm (the median rate of a 2048³ sgemm timed just before each step) and of_peak (the
+// median over steps of the step's FLOP rate over its sgemm's). BM_SgemmPeak is the best of six
+// sgemms, the machine's roofline when it is quiet.
 //
 // The FLOPs of a step, counted as the step does them (padding included, the causal half of the
 // attention scores included since it is computed): per layer and position, 2·12·C² for the four
@@ -70,21 +72,28 @@ gpt2::Config shape(int64_t size) {
   return c;
 }
 
-/// The best sgemm rate of a few 2048×2048×2048 products, in GFLOP/s, measured once per process
-/// (on the device the steps run on): the roofline the training step is compared with.
+/// The rate of one 2048×2048×2048 sgemm, in GFLOP/s, on the device the steps run on.
+double sgemm_rate(bool cuda) {
+  static std::map<bool, std::pair<torch::Tensor, torch::Tensor>> operands;
+  auto& ab = operands[cuda];
+  if (!ab.first.defined()) {
+    const auto opt = torch::TensorOptions().device(cuda ? torch::kCUDA : torch::kCPU);
+    ab = {torch::randn({2048, 2048}, opt), torch::randn({2048, 2048}, opt)};
+  }
+  if (cuda) ab.first.sum().item<float>();
+  const auto start = std::chrono::steady_clock::now();
+  auto c = torch::mm(ab.first, ab.second);
+  if (cuda) c.sum().item<float>();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return 2.0 * 2048 * 2048 * 2048 / s / 1e9;
+}
+
+/// The best of a few sgemm rates, measured once per process: the machine's roofline.
 double sgemm_peak(bool cuda) {
   static std::map<bool, double> peak;
   if (!peak.count(cuda)) {
-    const auto opt = torch::TensorOptions().device(cuda ? torch::kCUDA : torch::kCPU);
-    const auto a = torch::randn({2048, 2048}, opt), b = torch::randn({2048, 2048}, opt);
     double best = 0;
-    for (int i = 0; i < 6; ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      auto c = torch::mm(a, b);
-      if (cuda) c.sum().item<float>();
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      best = std::max(best, 2.0 * 2048 * 2048 * 2048 / s / 1e9);
-    }
+    for (int i = 0; i < 6; ++i) best = std::max(best, sgemm_rate(cuda));
     peak[cuda] = best;
   }
   return peak[cuda];
@@ -125,24 +134,38 @@ void BM_TrainStep(benchmark::State& state) {
     trainer = std::make_unique<e2e::Trainer>(std::make_shared<gpt2::GPT2LMHeadModelImpl>(shape(state.range(0))), o, d.examples);
     trainer->step(e2e::make_batch(d.examples, trainer->next_indices(), o.pad_to));  // warm-up: allocations, kernels
   }
-  const double peak = sgemm_peak(cuda);
+  // Each step is paired with an sgemm timed just before it, and of_peak is the median of the
+  // pairs' ratios: this machine's speed drifts by several per cent from minute to minute, which a
+  // peak measured once would mix into the ratio.
   int64_t tokens = 0;
-  double flops = 0, positions = 0, real = 0;  // real: positions holding a token
-  const auto start = std::chrono::steady_clock::now();
+  double flops = 0, positions = 0, real = 0, secs = 0;  // real: positions holding a token
+  std::vector<double> ratios, rates;
   for (auto _ : state) {
+    const double rate = sgemm_rate(cuda);
+    const auto start = std::chrono::steady_clock::now();
     const auto idx = trainer->next_indices();
     for (auto i : idx) {
       tokens += static_cast<int64_t>(d.examples[i].tokens.size()) - 1;
       real += static_cast<double>(d.examples[i].tokens.size());
     }
     const auto batch = e2e::make_batch(d.examples, idx, state.range(1));
-    flops += step_flops(trainer->model()->config, batch);
+    const double f = step_flops(trainer->model()->config, batch);
     positions += static_cast<double>(batch.input.numel());
     benchmark::DoNotOptimize(trainer->step(batch));  // .item() syncs
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    state.SetIterationTime(s);
+    flops += f;
+    secs += s;
+    rates.push_back(rate);
+    ratios.push_back(f / s / 1e9 / rate);
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
   state.counters["GFLOP/s"] = flops / secs / 1e9;
-  state.counters["of_peak"] = flops / secs / 1e9 / peak;
+  state.counters["sgemm"] = median(rates);
+  state.counters["of_peak"] = median(ratios);
   state.counters["pad"] = 1.0 - real / positions;
   const double step_s = secs / static_cast<double>(state.iterations());
   state.counters["tok/s"] = static_cast<double>(tokens) / secs;
@@ -166,7 +189,7 @@ BENCHMARK(BM_TrainStep)
     ->Args({0, 512, 0, 0})
     ->Args({1, 0, 0, 0})
     ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
+    ->UseManualTime()
     ->MinTime(10.0);
 // CUDA: bf16 autocast with both paddings, fp32 for comparison, both sizes.
 BENCHMARK(BM_TrainStep)
@@ -178,5 +201,5 @@ BENCHMARK(BM_TrainStep)
     ->Args({1, 0, 2, 1})
     ->Args({1, 512, 2, 0})
     ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
+    ->UseManualTime()
     ->MinTime(3.0);
