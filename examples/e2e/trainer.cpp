@@ -282,13 +282,9 @@ double Trainer::step(const Batch& batch) {
   if ((pos_.batch + 1) % o_.grad_accum == 0 || epoch_end || pos_.step + 1 == total_steps_) {
     for (auto& group : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(pos_.step));
     auto& params = opt_->param_groups()[0].params();
-    if (parallel) {
-      group_.all_reduce_gradients(params);  // a missing gradient is zeros there too
-    } else {
-      torch::NoGradGuard no_grad;
-      for (auto& p : params)  // the reference's zeroed gradients: Adam still steps a parameter without one
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    }
+    // Sums over ranks (nothing to sum in one process) and gives a parameter without a gradient
+    // zeros, as the reference's zeroed gradients: Adam still steps it.
+    group_.all_reduce_gradients(params);
     if (o_.clip > 0) torch::nn::utils::clip_grad_norm_(params, o_.clip);
     opt_->step();
     // Gradients are dropped rather than zeroed (zero_grad(set_to_none=true), PyTorch 2's default):

@@ -18,7 +18,7 @@
 /// of the products that read them.
 ///
 /// Saved for backward: x (which the layer below usually holds anyway), W0 (a parameter), A,
-/// B, h, and with dropout its mask: one bit per element of x on the CPU (dropout.hpp), one
+/// B, hᵀ, and with dropout its mask: one bit per element of x on the CPU (dropout.hpp), one
 /// byte on other devices. Autograd never sees a view written in
 /// place, so there is no CopySlices node cloning the [N, out] gradient.
 ///
