@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages lora needs to build, test and benchmark
-# (with --fuzz: also clang and its libFuzzer runtime, for the safetensors fuzzer).
+# (with --fuzz: also clang and its libFuzzer runtime, for the safetensors fuzzer; with --torchrun:
+# Debian's python3-torch, whose torchrun the E2ETorchrunLaunch test launches the README's command with).
 # Does nothing when they are all present; needs root (or sudo) otherwise.
 set -euo pipefail
 packages=(
@@ -16,6 +17,7 @@ packages=(
   curl ca-certificates  # scripts/get-data.sh, only where the data is not at hand
 )
 [ "${1:-}" = "--fuzz" ] && packages+=(clang-14 libclang-rt-14-dev)
+[ "${1:-}" = "--torchrun" ] && packages+=(python3-torch)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

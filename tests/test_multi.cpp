@@ -58,53 +58,109 @@ std::string temp_dir(const std::string& name) {
 
 class MultiAdapter : public lora_test::Seeded {};
 
+const std::vector<lora::MixedStrategy> kStrategies{lora::MixedStrategy::Auto, lora::MixedStrategy::Stacked,
+                                                   lora::MixedStrategy::Segmented};
+const char* strategy_name(lora::MixedStrategy s) {
+  return s == lora::MixedStrategy::Auto ? "auto" : s == lora::MixedStrategy::Stacked ? "stacked" : "segmented";
+}
+
 TEST_F(MultiAdapter, MixedBatchEqualsEachRowAloneWithItsAdapter) {
   auto net = three_adapters();
   const std::vector<std::string> per_row{"a", "b", "", "c", "b", "a"};
   const auto ids = torch::randint(0, 30, {6, 7});
-  torch::Tensor mixed;
-  {
-    lora::AdapterPerRow route(*net, per_row);
-    mixed = net->forward(ids);
-  }
-  for (size_t i = 0; i < per_row.size(); ++i) {
-    torch::Tensor alone;
-    if (per_row[i].empty()) {
-      lora::DisableAdapters base(*net);
-      alone = net->forward(ids.narrow(0, static_cast<int64_t>(i), 1));
-    } else {
-      lora::set_adapter(*net, {per_row[i]});
-      alone = net->forward(ids.narrow(0, static_cast<int64_t>(i), 1));
+  for (const auto strategy : kStrategies) {
+    torch::Tensor mixed;
+    {
+      lora::AdapterPerRow route(*net, per_row, strategy);
+      mixed = net->forward(ids);
     }
-    EXPECT_TRUE(torch::allclose(mixed.narrow(0, static_cast<int64_t>(i), 1), alone, 1e-5, 1e-6))
-        << "row " << i << " (" << per_row[i] << "): " << (mixed.narrow(0, static_cast<int64_t>(i), 1) - alone).abs().max();
+    for (size_t i = 0; i < per_row.size(); ++i) {
+      torch::Tensor alone;
+      if (per_row[i].empty()) {
+        lora::DisableAdapters base(*net);
+        alone = net->forward(ids.narrow(0, static_cast<int64_t>(i), 1));
+      } else {
+        lora::set_adapter(*net, {per_row[i]});
+        alone = net->forward(ids.narrow(0, static_cast<int64_t>(i), 1));
+      }
+      EXPECT_TRUE(torch::allclose(mixed.narrow(0, static_cast<int64_t>(i), 1), alone, 1e-5, 1e-6))
+          << strategy_name(strategy) << ", row " << i << " (" << per_row[i]
+          << "): " << (mixed.narrow(0, static_cast<int64_t>(i), 1) - alone).abs().max();
+    }
+    // After the scope the active set rules again.
+    lora::set_adapter(*net, {"a"});
+    const auto all_a = net->forward(ids);
+    EXPECT_TRUE(torch::allclose(all_a.narrow(0, 0, 1), mixed.narrow(0, 0, 1), 1e-5, 1e-6));
   }
-  // After the scope the active set rules again.
-  lora::set_adapter(*net, {"a"});
-  const auto all_a = net->forward(ids);
-  EXPECT_TRUE(torch::allclose(all_a.narrow(0, 0, 1), mixed.narrow(0, 0, 1), 1e-5, 1e-6));
 }
 
 TEST_F(MultiAdapter, MixedBatchLinearEqualsTheFloat64FormulaPerRow) {
-  // One Linear, two adapters of different ranks, rows [x0: a, x1: none, x2: b], 3-D input.
-  lora::LoRALinear layer(6, 4);
+  // One Linear, three adapters of different ranks (one on two of three output slices); rows in
+  // runs and scattered, some without an adapter, a 3-D input; every algorithm.
+  lora::LoRALinear layer(6, 9);
   layer->add_adapter("a", lora::AdapterOptions(2).alpha(3).init(lora::Init::Random));
   layer->add_adapter("b", lora::AdapterOptions(5).alpha(1).init(lora::Init::Random));
+  layer->add_adapter("q", lora::AdapterOptions(3).alpha(2).enable({true, false, true}).init(lora::Init::Random));
   layer->eval();
-  auto x = torch::randn({3, 2, 6});
-  torch::Tensor y;
-  {
-    lora::AdapterPerRow route(*layer, {"a", "", "b"});
-    y = layer(x);
-  }
+  const std::vector<std::string> names{"a", "a", "b", "", "a", "q", "q", "b", "", "a"};
+  const auto x = torch::randn({static_cast<int64_t>(names.size()), 3, 6});
   auto formula = [&](int64_t i, const std::string& n) {
     auto xi = x[i];
     if (n.empty()) return torch::nn::functional::linear(xi.to(torch::kDouble), layer->weight.to(torch::kDouble), layer->bias.to(torch::kDouble));
-    return lora_test::reference_linear(xi, layer->weight, layer->bias, layer->lora_A(n), layer->lora_B(n), layer->scaling(n));
+    const auto B = lora::detail::full_B(layer->lora_B(n), layer->adapter_options(n).enable(), 9);
+    return lora_test::reference_linear(xi, layer->weight, layer->bias, layer->lora_A(n), B, layer->scaling(n));
   };
-  const std::vector<std::string> names{"a", "", "b"};
-  for (int64_t i = 0; i < 3; ++i)
-    EXPECT_TRUE(torch::allclose(y[i].to(torch::kDouble), formula(i, names[static_cast<size_t>(i)]), 1e-5, 1e-6)) << "row " << i;
+  for (const auto strategy : kStrategies) {
+    torch::Tensor y;
+    {
+      lora::AdapterPerRow route(*layer, names, strategy);
+      y = layer(x);
+    }
+    for (int64_t i = 0; i < x.size(0); ++i)
+      EXPECT_TRUE(torch::allclose(y[i].to(torch::kDouble), formula(i, names[static_cast<size_t>(i)]), 1e-5, 1e-6))
+          << strategy_name(strategy) << ", row " << i;
+  }
+  // The segmented pass here takes both of its ways: "a" (three runs) is gathered, "q" (one run)
+  // and "b" (two runs) are computed on their runs in place.
+  lora::detail::RowSlots rows;
+  rows.present = {"a", "b", "q"};
+  rows.slot = {0, 0, 1, -1, 0, 2, 2, 1, -1, 0};
+  lora::detail::AdapterStack stack;
+  stack.offset = {0, 2, 7};
+  stack.rank = {2, 5, 6};
+  const auto plan = lora::detail::plan_segments(rows, stack, 3, 6, 9, 4, lora::detail::MixedCosts::for_device(torch::kCPU));
+  EXPECT_EQ(plan.gather, (std::vector<bool>{true, false, false}));
+  EXPECT_EQ(plan.runs.size(), 6u);
+}
+
+TEST_F(MultiAdapter, MixedBatchSeesAdapterChangesInsideItsScope) {
+  // The stacked copy of the adapters is kept for the scope; changing an adapter in place, or
+  // replacing its tensor, must show in the next forward.
+  lora::LoRALinear layer(5, 4);
+  layer->add_adapter("a", lora::AdapterOptions(2).init(lora::Init::Random));
+  layer->add_adapter("b", lora::AdapterOptions(3).init(lora::Init::Random));
+  layer->eval();
+  const auto x = torch::randn({4, 5});
+  const std::vector<std::string> names{"a", "b", "b", "a"};
+  auto expect_formula = [&](const torch::Tensor& y, const char* when) {
+    for (int64_t i = 0; i < 4; ++i) {
+      const auto& n = names[static_cast<size_t>(i)];
+      const auto want = lora_test::reference_linear(x[i].unsqueeze(0), layer->weight, layer->bias, layer->lora_A(n),
+                                                    layer->lora_B(n), layer->scaling(n));
+      EXPECT_TRUE(torch::allclose(y[i].unsqueeze(0).to(torch::kDouble), want, 1e-5, 1e-6)) << when << ", row " << i;
+    }
+  };
+  for (const auto strategy : {lora::MixedStrategy::Stacked, lora::MixedStrategy::Segmented}) {
+    lora::AdapterPerRow route(*layer, names, strategy);
+    expect_formula(layer(x), "first forward");
+    {
+      torch::NoGradGuard no_grad;
+      layer->lora_B("b").mul_(-2.0);
+    }
+    expect_formula(layer(x), "after an in-place change of B");
+    layer->lora_A("a").set_data(torch::randn({2, 5}));
+    expect_formula(layer(x), "after A was given new data");
+  }
 }
 
 TEST_F(MultiAdapter, MixedBatchErrorsNameTheCause) {

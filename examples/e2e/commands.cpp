@@ -213,12 +213,15 @@ GenerateResult generate(const GenerateArgs& a) {
   options.max_new_tokens = a.max_new_tokens;
   fs::create_directories(a.out);
   std::ofstream hyp(a.out + "/hypothesis.txt"), refs(a.out + "/references.txt");
+  const auto decoding = Clock::now();
   for (size_t i = 0; i < groups.size(); ++i) {
     auto prompt = tok.encode(groups[i].mr);
     prompt.push_back(tok.eos_id());
     std::vector<int64_t> ids;
-    {
-      lora::AdapterPerRow route(*model, {adapter_of(groups[i].mr)});  // "" (no adapters given): the base model
+    if (names.size() > 1) {  // several adapters: this MR's, for this call
+      lora::AdapterPerRow route(*model, {adapter_of(groups[i].mr)});
+      ids = gpt2::generate(*model, {prompt}, options)[0];
+    } else {  // the one adapter loaded (active), or none: the plain forward
       ids = gpt2::generate(*model, {prompt}, options)[0];
     }
     result.tokens += static_cast<int64_t>(ids.size());
@@ -232,7 +235,10 @@ GenerateResult generate(const GenerateArgs& a) {
     std::cerr << "\rgenerated " << i + 1 << "/" << groups.size() << std::flush;
   }
   std::cerr << "\n";
-  std::cout << "wrote " << a.out << "/hypothesis.txt and " << a.out << "/references.txt (" << groups.size() << " MRs)\n";
+  const double decode_s = seconds_since(decoding);
+  std::cout << "wrote " << a.out << "/hypothesis.txt and " << a.out << "/references.txt (" << groups.size() << " MRs)\n"
+            << "decoding: " << result.tokens << " new tokens in " << decode_s << " s ("
+            << static_cast<double>(result.tokens) / std::max(decode_s, 1e-9) << " tokens/s)\n";
   result.seconds = seconds_since(start);
   return result;
 }

@@ -90,17 +90,20 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
   }
 
   /// A batch whose rows use different adapters (lora::AdapterPerRow): the ids look up the columns
-  /// of every adapter the rows ask for (stacked A), each row keeps its own adapter's (a mask), and
-  /// one GEMM with the stacked B adds the updates to the base lookup `result`.
-  torch::Tensor mixed_forward(const torch::Tensor& input, const torch::Tensor& result) {
+  /// of every adapter the rows ask for in the stacked A (mixed.hpp), each row keeps its own
+  /// adapter's, and one GEMM with the stacked B adds the updates into the base lookup `result`.
+  torch::Tensor mixed_forward(const torch::Tensor& input, torch::Tensor result) {
     if (input.dim() < 1) throw std::invalid_argument(describe() + ": a mixed-adapter batch needs ids of shape [batch, ...]");
-    const auto compute = torch::TensorOptions().dtype(result.scalar_type()).device(result.device());
-    const auto m = pack_row_adapters(
-        input.size(0), compute, [&](const std::string& n) { return lora_A(n).to(result.scalar_type()); },
-        [&](const std::string& n) { return lora_B(n).to(result.scalar_type()); });
-    if (m.empty) return result;
-    const torch::Tensor h = torch::embedding(m.A_cat.t(), input.reshape({input.size(0), -1}));  // [batch, T, n·R]
-    return result + torch::matmul(h * m.own, m.B_cat.t()).view(result.sizes());
+    const auto rows = row_slots(input.size(0));
+    if (rows.empty()) return result;
+    const auto& stack = adapter_stack(
+        rows, result.scalar_type(), result.device(), [&](const std::string& n) { return lora_A(n); },
+        [&](const std::string& n) { return lora_B(n); });
+    const auto batch = input.size(0);
+    torch::Tensor ht = stack.A_cat.index_select(1, input.reshape({-1}));  // [Σr, batch·T]
+    ht.view({stack.total_rank(), batch, -1}).mul_(detail::stacked_mask(rows, stack));
+    result.view({-1, options.embedding_dim()}).addmm_(ht.t(), stack.BT_cat);
+    return result;
   }
 
   torch::Tensor delta_weight(const std::string& name) override {

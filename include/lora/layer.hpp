@@ -10,6 +10,7 @@
 /// `<layer>.lora_A.<adapter>.weight` and `<layer>.lora_B.<adapter>.weight`.
 
 #include <lora/config.hpp>
+#include <lora/mixed.hpp>
 
 #include <algorithm>
 #include <memory>
@@ -104,8 +105,13 @@ class LoRALayer {
   struct RowAdapters {
     std::vector<std::string> names;
     std::vector<int64_t> index;
+    MixedStrategy strategy = MixedStrategy::Auto;  ///< how layers compute the batch (mixed.hpp)
   };
-  void set_row_adapters(std::shared_ptr<const RowAdapters> rows) { rows_ = std::move(rows); }
+  /// Setting or clearing the choices also drops the layer's stacked copy of its adapters.
+  void set_row_adapters(std::shared_ptr<const RowAdapters> rows) {
+    rows_ = std::move(rows);
+    stack_.reset();
+  }
   const std::shared_ptr<const RowAdapters>& row_adapters() const { return rows_; }
 
   /// Marks the base weight as also read by `user`, something that is not this layer (GPT-2's
@@ -245,17 +251,10 @@ class LoRALayer {
     return sum;
   }
 
-  /// A mixed batch as this layer computes it: the n adapters some row asks for that this layer
-  /// has, stacked (R the largest rank, smaller ranks zero-padded) as A_cat [n·R, a_cols] and
-  /// B_cat [b_rows, n·R] (B scaled by s), and `own` [batch, 1, n·R], 1 on the R columns of each
-  /// row's own adapter (all 0 for rows without one). `a_of(name)` and `b_of(name)` give the layer's
-  /// A [r, a_cols] and dense B [b_rows, r] (slice masks expanded).
-  struct MixedBatch {
-    torch::Tensor A_cat, B_cat, own;
-    bool empty = true;  ///< no row uses an adapter of this layer
-  };
-  template <class AOf, class BOf>
-  MixedBatch pack_row_adapters(int64_t batch, const torch::TensorOptions& compute, AOf&& a_of, BOf&& b_of) const {
+  /// Which of this layer's adapters each of the `batch` rows of a mixed batch uses (AdapterPerRow's
+  /// choices expanded over groups of consecutive rows; -1 where the row has none or this layer
+  /// lacks its adapter). Throws when the rows do not match the choices or the layer is merged.
+  detail::RowSlots row_slots(int64_t batch) const {
     const RowAdapters& rows = *rows_;
     const auto choices = static_cast<int64_t>(rows.index.size());
     if (choices == 0 || batch % choices != 0)
@@ -266,44 +265,50 @@ class LoRALayer {
     if (!merged_.empty())
       throw std::logic_error(describe() + ": a batch that mixes adapters needs the adapters unmerged; unmerge() first");
     std::vector<int64_t> layer_slot(rows.names.size(), -1);
-    std::vector<std::string> present;
-    for (size_t k = 0; k < rows.names.size(); ++k)
-      if (has_adapter(rows.names[k])) {
-        layer_slot[k] = static_cast<int64_t>(present.size());
-        present.push_back(rows.names[k]);
-      }
-    MixedBatch m;
-    const auto n = static_cast<int64_t>(present.size());
-    std::vector<int64_t> slot(static_cast<size_t>(batch), n);  // n: no adapter
+    detail::RowSlots out;
+    out.slot.assign(static_cast<size_t>(batch), -1);
     for (int64_t i = 0; i < batch; ++i) {
       const int64_t k = rows.index[static_cast<size_t>(i / group)];
-      if (k >= 0 && layer_slot[static_cast<size_t>(k)] >= 0) {
-        slot[static_cast<size_t>(i)] = layer_slot[static_cast<size_t>(k)];
-        m.empty = false;
+      if (k < 0 || !has_adapter(rows.names[static_cast<size_t>(k)])) continue;
+      auto& ls = layer_slot[static_cast<size_t>(k)];
+      if (ls < 0) {
+        ls = static_cast<int64_t>(out.present.size());
+        out.present.push_back(rows.names[static_cast<size_t>(k)]);
       }
+      out.slot[static_cast<size_t>(i)] = ls;
     }
-    if (m.empty) return m;
-    std::vector<torch::Tensor> As, Bs;
-    int64_t R = 0;
-    for (const auto& name : present) {
-      As.push_back(a_of(name));
-      Bs.push_back(b_of(name) * scaling(name));
-      R = std::max(R, As.back().size(0));
+    return out;
+  }
+
+  /// The adapters `rows.present` stacked in `dtype` on `device` (mixed.hpp): `a_of(name)` gives A
+  /// [r, a_cols] and `b_of(name)` the dense B [b_rows, r] (slice masks expanded). Built once and
+  /// kept while the AdapterPerRow scope lives; rebuilt when an adapter's tensors change.
+  template <class AOf, class BOf>
+  const detail::AdapterStack& adapter_stack(const detail::RowSlots& rows, torch::ScalarType dtype, torch::Device device,
+                                            AOf&& a_of, BOf&& b_of) {
+    std::vector<detail::AdapterStack::Source> key;
+    for (const auto& name : rows.present)
+      for (const torch::Tensor* t : {&lora_A(name), &lora_B(name)})
+        key.push_back({t->unsafeGetTensorImpl(), t->data_ptr(), static_cast<int64_t>(t->_version()), scaling(name)});
+    if (stack_ && stack_->key == key && stack_->dtype == dtype && stack_->device == device) return *stack_;
+    torch::NoGradGuard no_grad;
+    auto s = std::make_shared<detail::AdapterStack>();
+    s->key = std::move(key);
+    s->dtype = dtype;
+    s->device = device;
+    std::vector<torch::Tensor> As, BTs;
+    int64_t total = 0;
+    for (const auto& name : rows.present) {
+      As.push_back(a_of(name).detach().to(device, dtype));
+      BTs.push_back((b_of(name).detach().to(device, dtype) * scaling(name)).t());
+      s->offset.push_back(total);
+      s->rank.push_back(As.back().size(0));
+      total += As.back().size(0);
     }
-    m.A_cat = torch::zeros({n * R, As[0].size(1)}, compute);
-    m.B_cat = torch::zeros({Bs[0].size(0), n * R}, compute);
-    for (int64_t k = 0; k < n; ++k) {
-      m.A_cat.narrow(0, k * R, As[static_cast<size_t>(k)].size(0)).copy_(As[static_cast<size_t>(k)]);
-      m.B_cat.narrow(1, k * R, Bs[static_cast<size_t>(k)].size(1)).copy_(Bs[static_cast<size_t>(k)]);
-    }
-    const torch::Tensor slots = torch::tensor(slot, torch::TensorOptions().dtype(torch::kLong)).to(compute.device());
-    m.own = torch::one_hot(slots, n + 1)
-                .narrow(1, 0, n)
-                .to(compute.dtype())
-                .view({batch, 1, n, 1})
-                .expand({batch, 1, n, R})
-                .reshape({batch, 1, n * R});
-    return m;
+    s->A_cat = torch::cat(As, 0);
+    s->BT_cat = torch::cat(BTs, 0);
+    stack_ = std::move(s);
+    return *stack_;
   }
 
   /// ", adapters=[default: r=4, alpha=32]" (and ", merged=true"), for pretty_print.
@@ -331,6 +336,7 @@ class LoRALayer {
   torch::Tensor unmerged_weight_;
   std::string tied_to_;
   std::shared_ptr<const RowAdapters> rows_;
+  std::shared_ptr<detail::AdapterStack> stack_;  // the mixed batch's stacked adapters, for the scope
 };
 
 /// "[2304,8]": a shape as this library's error messages print it.

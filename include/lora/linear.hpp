@@ -110,21 +110,20 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   }
 
   /// A batch whose rows use different adapters (lora::AdapterPerRow): the base GEMM once for all
-  /// rows; then the n adapters the rows ask for, stacked into A_cat [n·R, in] and B_cat [out, n·R],
-  /// in two more GEMMs, each row keeping only its own adapter's R columns of x·A_catᵀ (a mask).
-  /// No loop over adapters and no per-row small matmuls. Inference only: no dropout.
+  /// rows, then each row's own adapter added in place, stacked or segmented by cost (mixed.hpp).
+  /// Inference only: no dropout.
   torch::Tensor mixed_forward(const torch::Tensor& input) {
-    torch::Tensor y = torch::nn::functional::linear(input, weight, bias);
     if (input.dim() < 2) throw std::invalid_argument(describe() + ": a mixed-adapter batch needs inputs of shape [batch, ..., in]");
-    const auto compute = torch::TensorOptions().dtype(input.scalar_type()).device(input.device());
-    const auto m = pack_row_adapters(
-        input.size(0), compute, [&](const std::string& n) { return lora_A(n).to(input.scalar_type()); },
-        [&](const std::string& n) {
-          return detail::full_B(lora_B(n), adapter_options(n).enable(), options.out_features()).to(input.scalar_type());
-        });
-    if (m.empty) return y;
-    const torch::Tensor h = torch::matmul(input.reshape({input.size(0), -1, options.in_features()}), m.A_cat.t());  // [batch, T, n·R]
-    return y + torch::matmul(h * m.own, m.B_cat.t()).view(y.sizes());
+    torch::Tensor y = torch::nn::functional::linear(input, weight, bias);
+    const auto rows = row_slots(input.size(0));
+    if (rows.empty()) return y;
+    const auto& stack = adapter_stack(
+        rows, y.scalar_type(), y.device(), [&](const std::string& n) { return lora_A(n); },
+        [&](const std::string& n) { return detail::full_B(lora_B(n), adapter_options(n).enable(), options.out_features()); });
+    torch::Tensor y2d = y.view({-1, options.out_features()});
+    detail::add_mixed_linear(y2d, input.reshape({-1, options.in_features()}).to(y.scalar_type()), rows, stack,
+                             row_adapters()->strategy);
+    return y;
   }
 
   torch::Tensor delta_weight(const std::string& name) override {

@@ -14,6 +14,7 @@
 #include <lora/version.hpp>
 #include <lora/config.hpp>
 #include <lora/layer.hpp>
+#include <lora/mixed.hpp>
 #include <lora/linear.hpp>
 #include <lora/embedding.hpp>
 #include <lora/state.hpp>

@@ -58,10 +58,12 @@ class DisableAdapters {
 
 /// While alive, row i of every input's first dimension uses adapter `per_row[i]` ("" for none) in
 /// every LoRA layer of `model`, whatever the active set; a layer without an adapter of that name
-/// applies none to the row (as PEFT does). The base GEMM runs once for the batch; each layer adds
-/// the rows' updates with two more GEMMs over its stacked, rank-padded adapters, each row keeping
-/// its own adapter's columns, so adapters of different ranks, slice masks and embedding adapters
-/// mix in one batch without a loop over adapters.
+/// applies none to the row (as PEFT does). The base GEMM runs once for the batch; each layer then
+/// adds the rows' updates in place, either through its adapters stacked once for the scope (a few
+/// operations whatever the number of adapters) or adapter by adapter on the rows that use it
+/// (each row pays its own rank only), whichever its cost estimate for the batch's shape says is
+/// cheaper (mixed.hpp; `strategy` forces one). Adapters of different ranks, slice masks and
+/// embedding adapters mix in one batch.
 /// Inference only (the model must be in eval mode), on unmerged layers; an adapter name no layer
 /// has is an error. Inputs have per_row.size() rows, or k times as many: then each choice covers
 /// k consecutive rows, so beam search (k beams per prompt, prompt-major, as gpt2::generate lays
@@ -75,11 +77,14 @@ class DisableAdapters {
 /// \endcode
 class AdapterPerRow {
  public:
-  AdapterPerRow(torch::nn::Module& model, const std::vector<std::string>& per_row) {
+  AdapterPerRow(torch::nn::Module& model, const std::vector<std::string>& per_row,
+                MixedStrategy strategy = MixedStrategy::Auto) {
     if (model.is_training())
       throw std::logic_error("AdapterPerRow: the model is in training mode; batches that mix adapters are for inference: eval() first");
     auto layers = detail::unmerged_layers(model, "AdapterPerRow");
-    auto rows = std::make_shared<LoRALayer::RowAdapters>();
+    rows_ = std::make_shared<LoRALayer::RowAdapters>();
+    auto& rows = rows_;
+    rows->strategy = strategy;
     for (const auto& name : per_row) {
       if (name.empty()) {
         rows->index.push_back(-1);
@@ -112,7 +117,12 @@ class AdapterPerRow {
   AdapterPerRow(const AdapterPerRow&) = delete;
   AdapterPerRow& operator=(const AdapterPerRow&) = delete;
 
+  /// How the layers compute the batches from now on (mixed.hpp); the results are the same up to
+  /// rounding. For measuring the algorithms against each other.
+  void set_strategy(MixedStrategy strategy) { rows_->strategy = strategy; }
+
  private:
+  std::shared_ptr<LoRALayer::RowAdapters> rows_;
   std::vector<LoRALayer*> layers_;
 };
 
