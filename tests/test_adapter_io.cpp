@@ -155,6 +155,53 @@ TEST_F(AdapterFileTest, HandWrittenPeftFileGivesTheFormulaOutputs) {
   EXPECT_LT(rel_err(layer.forward(x), reference_linear(x, layer.weight, layer.bias, At, Bt, 8.0 / 2)), 1e-6);
 }
 
+TEST_F(AdapterFileTest, PatternKeysInTheFileTakeTheFirstMatchInTheFilesOrder) {
+  // Two overlapping keys, written in both orders as PEFT writes its dicts: h.0's c_attn takes the
+  // first matching key of the file (PEFT's get_pattern_key), h.1's only matches "c_attn". The
+  // tensors have the ranks PEFT expects, and the outputs follow the alphas PEFT would use.
+  for (const bool specific_first : {false, true}) {
+    Gpt m(4, 5, 2);
+    auto dir = temp_dir(specific_first ? "pattern_specific" : "pattern_general");
+    const std::string general_r = "\"c_attn\": 2", specific_r = "\"h.0.attn.c_attn\": 3";
+    const std::string general_a = "\"c_attn\": 4", specific_a = "\"h.0.attn.c_attn\": 9";
+    auto both = [&](const std::string& g, const std::string& sp) { return specific_first ? sp + ", " + g : g + ", " + sp; };
+    write_text(dir / "adapter_config.json", "{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": 1, \"target_modules\": [\"c_attn\"], "
+                                            "\"rank_pattern\": {" + both(general_r, specific_r) + "}, "
+                                            "\"alpha_pattern\": {" + both(general_a, specific_a) + "}}");
+    const int64_t r0 = specific_first ? 3 : 2, r1 = 2;
+    const double a0 = specific_first ? 9 : 4, a1 = 4;
+    auto A0 = iota(static_cast<size_t>(r0 * 4), 0.1f), B0 = iota(static_cast<size_t>(12 * r0), 0.05f);
+    auto A1 = iota(static_cast<size_t>(r1 * 4), 0.2f), B1 = iota(static_cast<size_t>(12 * r1), 0.03f);
+    write_text(dir / "adapter_model.safetensors",
+               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {r0, 4}, A0},
+                          {"base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", {12, r0}, B0},
+                          {"base_model.model.transformer.h.1.attn.c_attn.lora_A.weight", {r1, 4}, A1},
+                          {"base_model.model.transformer.h.1.attn.c_attn.lora_B.weight", {12, r1}, B1}}));
+    lora::load_adapter(*m, dir.string());
+    m->eval();
+    auto x = torch::randn({3, 4});
+    auto& l0 = *m->h[0]->as<GptBlockImpl>()->c_attn;
+    auto& l1 = *m->h[1]->as<GptBlockImpl>()->c_attn;
+    EXPECT_LT(rel_err(l0.forward(x), reference_linear(x, l0.weight, l0.bias, torch::from_blob(A0.data(), {r0, 4}),
+                                                      torch::from_blob(B0.data(), {12, r0}), a0 / double(r0))),
+              1e-6)
+        << "specific key first: " << specific_first;
+    EXPECT_LT(rel_err(l1.forward(x), reference_linear(x, l1.weight, l1.bias, torch::from_blob(A1.data(), {r1, 4}),
+                                                      torch::from_blob(B1.data(), {12, r1}), a1 / double(r1))),
+              1e-6);
+    // Saved and read back: the same ranks and scalings.
+    auto out = temp_dir(specific_first ? "pattern_specific_out" : "pattern_general_out");
+    lora::save_adapter(*m, out.string());
+    Gpt back = same_base(m);
+    lora::load_adapter(*back, out.string());
+    EXPECT_EQ(back->h[0]->as<GptBlockImpl>()->c_attn->adapter_options("default").r(), r0);
+    EXPECT_DOUBLE_EQ(back->h[0]->as<GptBlockImpl>()->c_attn->scaling("default"), a0 / double(r0));
+    EXPECT_DOUBLE_EQ(back->h[1]->as<GptBlockImpl>()->c_attn->scaling("default"), a1 / double(r1));
+    lora_test::remove_tree(dir.string());
+    lora_test::remove_tree(out.string());
+  }
+}
+
 TEST_F(AdapterFileTest, SliceAdaptersExportAsEquivalentRank2rAdapter) {
   for (bool rslora : {false, true}) {
     Gpt m(4, 5, 1);

@@ -180,6 +180,26 @@ TEST_F(InjectTest, RankAlphaAndSlicePatternsArePerModule) {
   EXPECT_NE(msg.find("enable_lora key 'c_attn' matches none"), std::string::npos) << msg;
 }
 
+TEST_F(InjectTest, PatternKeysTakeTheFirstMatchInTheOrderGiven) {
+  // PEFT's get_pattern_key: the first key, in the dict's order, whose (.*\.)?key matches. Both
+  // orders of two overlapping keys, for rank and alpha (a sorted map got one of them wrong).
+  auto resolve = [](const lora::RankPattern& ranks, const lora::AlphaPattern& alphas) {
+    TinyTransformer m;
+    lora::inject_lora(*m, lora::LoRAConfig().r(1).alpha(1).target_modules({"q"}).rank_pattern(ranks).alpha_pattern(alphas));
+    auto& q0 = *m->blocks[0]->as<BlockImpl>()->attn->q;
+    auto& q1 = *m->blocks[1]->as<BlockImpl>()->attn->q;
+    return std::vector<double>{double(q0.adapter_options("default").r()), q0.adapter_options("default").alpha(),
+                               double(q1.adapter_options("default").r()), q1.adapter_options("default").alpha()};
+  };
+  EXPECT_EQ(resolve({{"q", 2}, {"blocks.0.attn.q", 3}}, {{"q", 4}, {"blocks.0.attn.q", 6}}), (std::vector<double>{2, 4, 2, 4}));
+  EXPECT_EQ(resolve({{"blocks.0.attn.q", 3}, {"q", 2}}, {{"blocks.0.attn.q", 6}, {"q", 4}}), (std::vector<double>{3, 6, 2, 4}));
+  TinyTransformer m;
+  auto msg = error_of<std::invalid_argument>([&] {
+    lora::inject_lora(*m, lora::LoRAConfig().target_modules({"q"}).rank_pattern({{"q", 2}, {"q", 3}}));
+  });
+  EXPECT_NE(msg.find("rank_pattern key 'q' is given twice"), std::string::npos) << msg;
+}
+
 TEST_F(InjectTest, LoRAParametersAndStateDictNameOnlyAdapters) {
   TinyTransformer m;
   lora::inject_lora(*m, lora::LoRAConfig().r(2).target_modules({"emb", "blocks.0.attn.v"}));

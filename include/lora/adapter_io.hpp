@@ -218,32 +218,24 @@ struct PeftConfig {
   double dropout = 0;
   bool use_rslora = false;
   Bias bias = Bias::None;
-  std::vector<std::pair<KeyPattern, int64_t>> rank_pattern;  // PEFT's per-module overrides, compiled
-  std::vector<std::pair<KeyPattern, double>> alpha_pattern;
+  PatternMap<int64_t> rank_pattern;  // PEFT's per-module overrides, compiled, in the file's order
+  PatternMap<double> alpha_pattern;
   bool has_targets = false;  // target_modules present (not null)
   TargetSelector targets;
   bool ensure_weight_tying = false;  // PEFT ties the adapters of tied layers (embedding + head): refused on a tied layer
 
-  int64_t rank_for(const std::string& name) const {
-    for (const auto& kv : rank_pattern)
-      if (kv.first.matches(name)) return kv.second;
-    return r;
-  }
-  double alpha_for(const std::string& name) const {
-    for (const auto& kv : alpha_pattern)
-      if (kv.first.matches(name)) return kv.second;
-    return alpha;
-  }
+  int64_t rank_for(const std::string& name) const { return rank_pattern.value_for(name, r); }
+  double alpha_for(const std::string& name) const { return alpha_pattern.value_for(name, alpha); }
 };
 
-inline bool is_default_value(const nlohmann::json& v) {
+inline bool is_default_value(const nlohmann::ordered_json& v) {
   return v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_object() && v.empty()) || (v.is_array() && v.empty());
 }
 
 inline PeftConfig parse_peft_config(const std::string& path) {
-  nlohmann::json j;
+  nlohmann::ordered_json j;  // keys in the file's order: rank_pattern / alpha_pattern precedence depends on it
   try {
-    j = nlohmann::json::parse(read_text(path));
+    j = nlohmann::ordered_json::parse(read_text(path));
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
   }
@@ -287,8 +279,8 @@ inline PeftConfig parse_peft_config(const std::string& path) {
     for (const auto* key : {"rank_pattern", "alpha_pattern"})
       if (j.contains(key) && !j[key].is_null())
         for (auto it = j[key].begin(); it != j[key].end(); ++it) {
-          if (std::string(key) == "rank_pattern") c.rank_pattern.emplace_back(KeyPattern(it.key()), it.value().get<int64_t>());
-          else c.alpha_pattern.emplace_back(KeyPattern(it.key()), it.value().get<double>());
+          if (std::string(key) == "rank_pattern") c.rank_pattern.add(it.key(), it.value().get<int64_t>(), key);
+          else c.alpha_pattern.add(it.key(), it.value().get<double>(), key);
         }
     auto strings = [&](const char* key) {
       std::vector<std::string> out;

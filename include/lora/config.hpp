@@ -28,8 +28,11 @@ enum class Bias {
   LoraOnly,  ///< only the biases of layers that carry an adapter are trained
 };
 
-using RankPattern = std::map<std::string, int64_t>;
-using AlphaPattern = std::map<std::string, double>;
+/// Per-module rank / alpha overrides, in order: as PEFT does (`get_pattern_key`), a module takes
+/// the first key, in this order, that matches it, so the order is part of the value (a
+/// `std::map` would sort it away). Written like a map: `{{"c_attn", 2}, {"h.0.attn.c_attn", 3}}`.
+using RankPattern = std::vector<std::pair<std::string, int64_t>>;
+using AlphaPattern = std::vector<std::pair<std::string, double>>;
 /// Per-target slice masks for fused projections, keyed like `target_modules`.
 using SliceMasks = std::map<std::string, std::vector<bool>>;
 
@@ -90,9 +93,10 @@ struct LoRAConfig {
   TORCH_ARG(std::string, layers_pattern) = "";
   /// Per-target slice masks for fused projections, e.g. `{{"c_attn", {true, false, true}}}`.
   TORCH_ARG(SliceMasks, enable_lora) = {};
-  /// Per-module rank overrides, keys matched as a dotted suffix or a regex `(.*\.)?key`.
+  /// Per-module rank overrides: a module takes the first key, in order, whose regex `(.*\.)?key`
+  /// matches its whole path (PEFT's rule; a plain name matches as a dotted suffix).
   TORCH_ARG(RankPattern, rank_pattern) = {};
-  /// Per-module alpha overrides, matched like `rank_pattern`.
+  /// Per-module alpha overrides, matched like `rank_pattern` (first matching key wins).
   TORCH_ARG(AlphaPattern, alpha_pattern) = {};
   /// dtype of the adapter weights.
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;

@@ -149,27 +149,20 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
     throw std::invalid_argument("inject_lora: the config selects no module (after exclude_modules / "
                                 "layers_to_transform). " + candidates());
 
-  // Pattern keys compiled once (PEFT's `(.*\.)?key` rule).
-  auto compile = [](const auto& map) {
-    std::vector<std::pair<KeyPattern, typename std::decay_t<decltype(map)>::mapped_type>> out;
-    for (const auto& kv : map) {
-      try {
-        out.emplace_back(KeyPattern(kv.first), kv.second);
-      } catch (const std::invalid_argument& e) {
-        throw std::invalid_argument(std::string("LoRAConfig: ") + e.what());
-      }
+  // Pattern keys compiled once (PEFT's `(.*\.)?key` rule, first matching key wins).
+  auto compile = [](const auto& keys, const char* what) {
+    try {
+      return PatternMap<typename std::decay_t<decltype(keys)>::value_type::second_type>(keys, what);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("LoRAConfig: ") + e.what());
     }
-    return out;
   };
-  const auto rank_keys = compile(config.rank_pattern());
-  const auto alpha_keys = compile(config.alpha_pattern());
+  const auto rank_keys = compile(config.rank_pattern(), "rank_pattern");
+  const auto alpha_keys = compile(config.alpha_pattern(), "alpha_pattern");
   auto options_for = [&](const std::string& name) {
-    AdapterOptions o(config.r());
-    o.alpha(config.alpha()).dropout(config.dropout()).use_rslora(config.use_rslora()).init(config.init()).dtype(config.dtype());
-    for (const auto& kv : rank_keys)
-      if (kv.first.matches(name)) o.r(kv.second);
-    for (const auto& kv : alpha_keys)
-      if (kv.first.matches(name)) o.alpha(kv.second);
+    AdapterOptions o(rank_keys.value_for(name, config.r()));
+    o.alpha(alpha_keys.value_for(name, config.alpha())).dropout(config.dropout()).use_rslora(config.use_rslora())
+        .init(config.init()).dtype(config.dtype());
     for (const auto& kv : config.enable_lora())
       if (detail::name_matches(name, kv.first)) o.enable(kv.second);
     return o;
@@ -183,8 +176,10 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
     throw std::invalid_argument(std::string("LoRAConfig: ") + field + " key '" + key +
                                 "' matches none of the adapted modules: " + detail::list_names(n));
   };
-  for (const auto& kv : rank_keys) check_key("rank_pattern", kv.first.key(), [&](const std::string& n) { return kv.first.matches(n); });
-  for (const auto& kv : alpha_keys) check_key("alpha_pattern", kv.first.key(), [&](const std::string& n) { return kv.first.matches(n); });
+  for (const auto& kv : rank_keys.entries())
+    check_key("rank_pattern", kv.first.key(), [&](const std::string& n) { return kv.first.matches(n); });
+  for (const auto& kv : alpha_keys.entries())
+    check_key("alpha_pattern", kv.first.key(), [&](const std::string& n) { return kv.first.matches(n); });
   for (const auto& kv : config.enable_lora())
     check_key("enable_lora", kv.first, [&](const std::string& n) { return detail::name_matches(n, kv.first); });
 

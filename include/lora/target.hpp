@@ -67,6 +67,35 @@ class KeyPattern {
   std::regex re_;
 };
 
+/// `rank_pattern` or `alpha_pattern`, compiled, with PEFT's precedence (`get_pattern_key`): the
+/// value of the first key, in the order given, that matches the path. `inject_lora`, `save_adapter`
+/// and `load_adapter` all resolve per-module ranks and alphas through it. A key given twice is an
+/// error (a JSON object or a Python dict cannot hold it twice either).
+template <class V>
+class PatternMap {
+ public:
+  PatternMap() = default;
+  /// `what` names the field in errors, e.g. "rank_pattern".
+  PatternMap(const std::vector<std::pair<std::string, V>>& keys, const std::string& what) {
+    for (const auto& [key, value] : keys) add(key, value, what);
+  }
+  void add(const std::string& key, V value, const std::string& what) {
+    for (const auto& e : entries_)
+      if (e.first.key() == key) throw std::invalid_argument(what + " key '" + key + "' is given twice");
+    entries_.emplace_back(KeyPattern(key), std::move(value));
+  }
+  /// The value of the first key that matches `path`, else `fallback`.
+  V value_for(const std::string& path, V fallback) const {
+    for (const auto& e : entries_)
+      if (e.first.matches(path)) return e.second;
+    return fallback;
+  }
+  const std::vector<std::pair<KeyPattern, V>>& entries() const { return entries_; }
+
+ private:
+  std::vector<std::pair<KeyPattern, V>> entries_;
+};
+
 class TargetSelector {
  public:
   TargetSelector() = default;
