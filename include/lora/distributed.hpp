@@ -41,6 +41,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -282,14 +287,45 @@ class ProcessGroup {
   }
   static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-  /// Gloo's network device: the loopback for a job on one machine (MASTER_ADDR 127.x/localhost),
-  /// the interface in GLOO_SOCKET_IFNAME when set, else this host's address.
+  /// Gloo's network device: the interface in GLOO_SOCKET_IFNAME when set; the loopback for a job
+  /// on one machine (MASTER_ADDR 127.x/localhost); else the local address this host reaches
+  /// MASTER_ADDR from (the kernel's route to it), so machines whose host name resolves to
+  /// 127.0.0.1 (common: /etc/hosts) still offer the others an address they can reach; this
+  /// host's address when no route is found.
   static std::shared_ptr<::gloo::transport::Device> gloo_device(const LaunchEnv& env) {
     if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
       return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
     if (env.master_addr.rfind("127.", 0) == 0 || env.master_addr == "localhost")
       return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+    const std::string local = address_towards(env.master_addr, env.master_port);
+    if (!local.empty()) return c10d::ProcessGroupGloo::createDeviceForHostname(local);
     return c10d::ProcessGroupGloo::createDefaultDevice();
+  }
+
+  /// The local IP address the kernel would send from to reach host:port ("" if unknown). A UDP
+  /// socket's connect() only picks the route: nothing is sent.
+  static std::string address_towards(const std::string& host, int port) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_DGRAM;
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0 || !found) return "";
+    std::string out;
+    for (addrinfo* a = found; a && out.empty(); a = a->ai_next) {
+      const int fd = ::socket(a->ai_family, SOCK_DGRAM, 0);
+      if (fd < 0) continue;
+      sockaddr_storage local{};
+      socklen_t len = sizeof local;
+      char text[INET6_ADDRSTRLEN] = {};
+      if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0 && ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+        const void* ip = local.ss_family == AF_INET6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
+                                                     : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
+        if (::inet_ntop(local.ss_family, ip, text, sizeof text)) out = text;
+      }
+      ::close(fd);
+    }
+    ::freeaddrinfo(found);
+    return out;
   }
 
   /// Runs a collective and waits for it; a failure (a rank that died, or the timeout) becomes one
