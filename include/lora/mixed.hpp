@@ -15,9 +15,10 @@
 ///   (`index_select` / `index_add_`, the loop PEFT runs). Each token pays for its own rank only,
 ///   plus two operations per run or four per gathered adapter.
 ///
-/// `MixedStrategy::Auto` estimates both from the shapes (arithmetic at a thin-product rate, a
-/// fixed cost per operation, the bytes a gather and scatter move) and takes the cheaper; the
-/// constants were measured on this project's CPU machine (docs/guide.md, bench_multi.cpp).
+/// `MixedStrategy::Auto` estimates both from the shapes (each product's arithmetic at a rate that
+/// falls with its thinnest dimension, the bytes it and a gather move, a fixed cost per operation)
+/// and takes the cheaper; the constants were fitted on this project's CPU machine to the sweep of
+/// bench_multi.cpp (docs/guide.md).
 
 #include <torch/torch.h>
 
