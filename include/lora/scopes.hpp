@@ -64,8 +64,8 @@ class DisableAdapters {
 /// (each row pays its own rank only), whichever its cost estimate for the batch's shape says is
 /// cheaper (mixed.hpp; `strategy` forces one). Adapters of different ranks, slice masks and
 /// embedding adapters mix in one batch.
-/// Inference only (the model must be in eval mode; no gradient reaches the adapters), on unmerged layers; an adapter name no layer
-/// has is an error. Inputs have per_row.size() rows, or k times as many: then each choice covers
+/// Inference only (the model must be in eval mode; no gradient reaches the adapters), on unmerged
+/// layers; an adapter name no layer has is an error. Inputs have per_row.size() rows, or k times as many: then each choice covers
 /// k consecutive rows, so beam search (k beams per prompt, prompt-major, as gpt2::generate lays
 /// them out, the KV cache included) runs each prompt with its adapter.
 ///
