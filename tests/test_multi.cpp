@@ -39,15 +39,6 @@ std::shared_ptr<Net> three_adapters() {
   return net;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 std::string temp_dir(const std::string& name) {
   const auto d = (fs::temp_directory_path() / ("lora_multi_" + name + "_" + std::to_string(::getpid()))).string();
   lora_test::remove_tree(d);
@@ -165,19 +156,19 @@ TEST_F(MultiAdapter, MixedBatchSeesAdapterChangesInsideItsScope) {
 
 TEST_F(MultiAdapter, MixedBatchErrorsNameTheCause) {
   auto net = three_adapters();
-  EXPECT_NE(error_of([&] { lora::AdapterPerRow r(*net, {"a", "zzz"}); }).find("no LoRA layer has an adapter named 'zzz'"), std::string::npos);
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::AdapterPerRow r(*net, {"a", "zzz"}); }).find("no LoRA layer has an adapter named 'zzz'"), std::string::npos);
   {
     lora::AdapterPerRow r(*net, {"a", "b"});
-    EXPECT_NE(error_of([&] { net->forward(torch::randint(0, 30, {3, 4})); }).find("the input has 3 rows but lora::AdapterPerRow was given 2 adapter choices"),
+    EXPECT_NE(lora_test::error_of<std::exception>([&] { net->forward(torch::randint(0, 30, {3, 4})); }).find("the input has 3 rows but lora::AdapterPerRow was given 2 adapter choices"),
               std::string::npos);
   }
   net->train();
-  EXPECT_NE(error_of([&] { lora::AdapterPerRow r(*net, {"a"}); }).find("training mode"), std::string::npos);
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::AdapterPerRow r(*net, {"a"}); }).find("training mode"), std::string::npos);
   net->eval();
   lora::set_adapter(*net, {"a"});
   lora::merge(*net);
-  EXPECT_NE(error_of([&] { lora::AdapterPerRow r(*net, {"a"}); }).find("is merged"), std::string::npos);
-  EXPECT_NE(error_of([&] { lora::DisableAdapters d(*net); }).find("is merged"), std::string::npos);
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::AdapterPerRow r(*net, {"a"}); }).find("is merged"), std::string::npos);
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::DisableAdapters d(*net); }).find("is merged"), std::string::npos);
 }
 
 TEST_F(MultiAdapter, DeletingAnAdapterKeepsTheOthersValuesAndStorage) {
@@ -246,13 +237,13 @@ TEST_F(MultiAdapter, LinearAndSvdCombinationsFollowTheirFormulas) {
   const double want = std::sqrt(S.narrow(0, 2, S.size(0) - 2).pow(2).sum().item<double>() / S.pow(2).sum().item<double>());
   EXPECT_NEAR(cut.worst_svd_relative_error, want, 1e-6);
   EXPECT_NEAR((d(layer->delta_weight("svd2")) - sum).norm().item<double>() / sum.norm().item<double>(), want, 1e-5);
-  EXPECT_NE(error_of([&] { lora::add_weighted_adapter(*layer, {"p", "r5"}, {1, 1}, "bad", "linear"); }).find("needs equal ranks"),
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::add_weighted_adapter(*layer, {"p", "r5"}, {1, 1}, "bad", "linear"); }).find("needs equal ranks"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { lora::add_weighted_adapter(*layer, {"p", "nope"}, {1, 1}, "bad", "cat"); }).find("no LoRA layer has adapter 'nope'"),
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::add_weighted_adapter(*layer, {"p", "nope"}, {1, 1}, "bad", "cat"); }).find("no LoRA layer has adapter 'nope'"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { lora::add_weighted_adapter(*layer, {"p"}, {1}, "lin", "cat"); }).find("already has an adapter named 'lin'"),
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::add_weighted_adapter(*layer, {"p"}, {1}, "lin", "cat"); }).find("already has an adapter named 'lin'"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { lora::add_weighted_adapter(*layer, {"p"}, {1}, "x", "ties"); }).find("not one of cat, linear, svd"),
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::add_weighted_adapter(*layer, {"p"}, {1}, "x", "ties"); }).find("not one of cat, linear, svd"),
             std::string::npos);
 }
 
@@ -333,12 +324,12 @@ TEST_F(MultiAdapter, HotSwapLoadsInPlaceWithPaddingAndExactScaling) {
   const auto wide_dir = temp_dir("wide");
   lora::save_adapter(*wide, wide_dir);
   const auto snapshot = net->qkv->lora_B("slot").clone();
-  EXPECT_NE(error_of([&] { lora::hotswap_adapter(*net, wide_dir, "slot"); }).find("exceeds the slot's rank 4"), std::string::npos);
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::hotswap_adapter(*net, wide_dir, "slot"); }).find("exceeds the slot's rank 4"), std::string::npos);
   auto emb_only = std::make_shared<Net>();
   lora::inject_lora(*emb_only, lora::LoRAConfig().r(2).target_modules({"emb", "qkv"}));
   const auto other_dir = temp_dir("other");
   lora::save_adapter(*emb_only, other_dir);
-  EXPECT_NE(error_of([&] { lora::hotswap_adapter(*net, other_dir, "slot"); }).find("target different modules"), std::string::npos);
+  EXPECT_NE(lora_test::error_of<std::exception>([&] { lora::hotswap_adapter(*net, other_dir, "slot"); }).find("target different modules"), std::string::npos);
   EXPECT_TRUE(torch::equal(net->qkv->lora_B("slot"), snapshot));
   EXPECT_EQ(net->qkv->adapter_names(), (std::vector<std::string>{"slot"}));
   for (const auto& d : {dir, wide_dir, other_dir}) lora_test::remove_tree(d);
