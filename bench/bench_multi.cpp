@@ -117,8 +117,10 @@ void BM_MixedAdapterBatch(benchmark::State& state) {
     }
     slots.slot.push_back(it - slots.present.begin());
   }
-  state.counters["picked"] = lora::detail::pick_mixed_strategy(slots, stack, tokens, kIn, kOut, 4, torch::kCPU) ==
-                                     lora::MixedStrategy::Stacked ? 0 : 1;
+  const auto costs = lora::detail::MixedCosts::for_device(torch::kCPU);
+  const auto plan = lora::detail::plan_segments(slots, stack, tokens, kIn, kOut, 4, costs);
+  state.counters["picked"] =
+      lora::detail::pick_mixed_strategy(plan, stack, rows * tokens, kIn, kOut, 4, costs) == lora::MixedStrategy::Stacked ? 0 : 1;
   state.counters["mixed_vs_single"] = median(r_mixed);
   state.counters["loop_vs_single"] = median(r_loop);
   state.counters["mixed_vs_loop"] = median(r_mixed_loop);

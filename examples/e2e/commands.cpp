@@ -18,6 +18,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include <sys/resource.h>
@@ -217,13 +218,9 @@ GenerateResult generate(const GenerateArgs& a) {
   for (size_t i = 0; i < groups.size(); ++i) {
     auto prompt = tok.encode(groups[i].mr);
     prompt.push_back(tok.eos_id());
-    std::vector<int64_t> ids;
-    if (names.size() > 1) {  // several adapters: this MR's, for this call
-      lora::AdapterPerRow route(*model, {adapter_of(groups[i].mr)});
-      ids = gpt2::generate(*model, {prompt}, options)[0];
-    } else {  // the one adapter loaded (active), or none: the plain forward
-      ids = gpt2::generate(*model, {prompt}, options)[0];
-    }
+    std::optional<lora::AdapterPerRow> route;  // several adapters: this MR's; one (active) or none: the plain forward
+    if (names.size() > 1) route.emplace(*model, std::vector<std::string>{adapter_of(groups[i].mr)});
+    const std::vector<int64_t> ids = gpt2::generate(*model, {prompt}, options)[0];
     result.tokens += static_cast<int64_t>(ids.size());
     std::string text = gpt2::clean_text(tok.decode(ids));
     std::replace(text.begin(), text.end(), '\n', ' ');

@@ -152,13 +152,11 @@ inline torch::Tensor stacked_mask(const RowSlots& rows, const AdapterStack& s) {
   return torch::tensor(m).view({s.total_rank(), batch, 1}).to(s.device, s.dtype);
 }
 
-/// What `Auto` picks for a batch of rows.slot.size() rows of T tokens through an in → out layer.
-inline MixedStrategy pick_mixed_strategy(const RowSlots& rows, const AdapterStack& s, int64_t T, int64_t in, int64_t out,
-                                         int64_t elem, const torch::Device& device) {
-  const auto c = MixedCosts::for_device(device);
-  const auto tokens = static_cast<int64_t>(rows.slot.size()) * T;
-  return stacked_cost(s, tokens, in, out, elem, c) <= plan_segments(rows, s, T, in, out, elem, c).cost ? MixedStrategy::Stacked
-                                                                                                 : MixedStrategy::Segmented;
+/// What `Auto` picks for a batch of `tokens` tokens through an in → out layer, given the
+/// segmented pass's plan for the same batch.
+inline MixedStrategy pick_mixed_strategy(const SegmentPlan& seg, const AdapterStack& s, int64_t tokens, int64_t in,
+                                         int64_t out, int64_t elem, const MixedCosts& c) {
+  return stacked_cost(s, tokens, in, out, elem, c) <= seg.cost ? MixedStrategy::Stacked : MixedStrategy::Segmented;
 }
 
 /// y2d [rows·T, out] += each row's adapter update for x2d [rows·T, in] (both in the stack's
@@ -166,11 +164,11 @@ inline MixedStrategy pick_mixed_strategy(const RowSlots& rows, const AdapterStac
 inline void add_mixed_linear(torch::Tensor& y2d, const torch::Tensor& x2d, const RowSlots& rows, const AdapterStack& s,
                              MixedStrategy strategy) {
   const auto batch = static_cast<int64_t>(rows.slot.size());
-  const int64_t T = x2d.size(0) / batch, in = x2d.size(1), out = y2d.size(1);
-  if (strategy == MixedStrategy::Auto) strategy = pick_mixed_strategy(rows, s, T, in, out, x2d.element_size(), x2d.device());
-  SegmentPlan seg;
-  if (strategy == MixedStrategy::Segmented)
-    seg = plan_segments(rows, s, T, in, out, x2d.element_size(), MixedCosts::for_device(x2d.device()));
+  const int64_t T = x2d.size(0) / batch, in = x2d.size(1), out = y2d.size(1), elem = x2d.element_size();
+  const auto costs = MixedCosts::for_device(x2d.device());
+  SegmentPlan seg;  // planned once: Auto's estimate and the segmented pass both use it
+  if (strategy != MixedStrategy::Stacked) seg = plan_segments(rows, s, T, in, out, elem, costs);
+  if (strategy == MixedStrategy::Auto) strategy = pick_mixed_strategy(seg, s, x2d.size(0), in, out, elem, costs);
   if (strategy == MixedStrategy::Stacked) {
     torch::Tensor ht = torch::mm(s.A_cat, x2d.t());  // [Σr, rows·T]
     ht.view({s.total_rank(), batch, T}).mul_(stacked_mask(rows, s));

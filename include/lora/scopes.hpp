@@ -65,9 +65,10 @@ class DisableAdapters {
 /// cheaper (mixed.hpp; `strategy` forces one). Adapters of different ranks, slice masks and
 /// embedding adapters mix in one batch.
 /// Inference only (the model must be in eval mode; no gradient reaches the adapters), on unmerged
-/// layers; an adapter name no layer has is an error. Inputs have per_row.size() rows, or k times as many: then each choice covers
-/// k consecutive rows, so beam search (k beams per prompt, prompt-major, as gpt2::generate lays
-/// them out, the KV cache included) runs each prompt with its adapter.
+/// layers; an adapter name no layer has is an error. Inputs have per_row.size() rows, or k times
+/// as many: then each choice covers k consecutive rows, so beam search (k beams per prompt,
+/// prompt-major, as gpt2::generate lays them out, the KV cache included) runs each prompt with
+/// its adapter.
 ///
 /// Example:
 /// \code
@@ -82,8 +83,7 @@ class AdapterPerRow {
     if (model.is_training())
       throw std::logic_error("AdapterPerRow: the model is in training mode; batches that mix adapters are for inference: eval() first");
     auto layers = detail::unmerged_layers(model, "AdapterPerRow");
-    rows_ = std::make_shared<LoRALayer::RowAdapters>();
-    auto& rows = rows_;
+    auto rows = std::make_shared<LoRALayer::RowAdapters>();
     rows->strategy = strategy;
     for (const auto& name : per_row) {
       if (name.empty()) {
@@ -106,6 +106,7 @@ class AdapterPerRow {
       }
       rows->index.push_back(it - rows->names.begin());
     }
+    rows_ = rows;
     for (const auto& [path, layer] : layers) {
       layer->set_row_adapters(rows);
       layers_.push_back(layer);

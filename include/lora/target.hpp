@@ -68,9 +68,10 @@ class KeyPattern {
 };
 
 /// `rank_pattern` or `alpha_pattern`, compiled, with PEFT's precedence (`get_pattern_key`): the
-/// value of the first key, in the order given, that matches the path. `inject_lora`, `save_adapter`
-/// and `load_adapter` all resolve per-module ranks and alphas through it. A key given twice is an
-/// error (a JSON object or a Python dict cannot hold it twice either).
+/// value of the first key, in the order given, that matches the path. `inject_lora` and
+/// `load_adapter` both resolve per-module ranks and alphas through it (`save_adapter` writes each
+/// module's own values under its full path). A key given twice is an error (a JSON object or a
+/// Python dict cannot hold it twice either).
 template <class V>
 class PatternMap {
  public:
