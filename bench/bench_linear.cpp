@@ -7,6 +7,8 @@
 // (dropout 0.1: <= 1.20x), merged inference 1.00x.
 // Shapes: d = 1024, r = 8, float32; 4096 tokens on the CPU, 65,536 on CUDA (argument
 // "dev": 0 CPU, 1 CUDA, skipped with a message when no device is present).
+// BM_DoRAStepVsLoRAStep: a DoRA layer's training step against the same LoRA layer's, interleaved
+// the same way (`ratio` = DoRA / LoRA; goal of issue #18: <= 1.5x at these shapes).
 // bench/python/loralib_baseline.py measures the same pairs with a loralib-style layer in
 // Python on the same libtorch, for the side-by-side.
 #include <benchmark/benchmark.h>
@@ -73,10 +75,10 @@ void run_pairs(benchmark::State& state, const torch::Device& dev, const std::fun
   state.counters["tokens"] = static_cast<double>(tokens_on(dev));
 }
 
-lora::LoRALinear lora_layer(const torch::Device& dev, double dropout, lora::Init init) {
+lora::LoRALinear lora_layer(const torch::Device& dev, double dropout, lora::Init init, bool dora = false) {
   torch::manual_seed(0);
   lora::LoRALinear layer(kD, kD);
-  layer->add_adapter("default", lora::AdapterOptions(kRank).alpha(16).dropout(dropout).init(init));
+  layer->add_adapter("default", lora::AdapterOptions(kRank).alpha(16).dropout(dropout).init(init).use_dora(dora));
   layer->set_active_adapters({"default"});
   layer->weight.requires_grad_(false);
   layer->bias.requires_grad_(false);
@@ -113,6 +115,26 @@ void BM_LoRAStepVsFrozenLinear(benchmark::State& state) {
       });
 }
 
+// DoRA's training step against LoRA's (same shapes, same dense gradient): what forming the norm of
+// W0 + s·B·A and rescaling the output cost each step. range(0) = dropout in percent.
+void BM_DoRAStepVsLoRAStep(benchmark::State& state) {
+  const auto dev = device_of(state, state.range(1));
+  if (!dev) return;
+  const int64_t tokens = tokens_on(*dev);
+  auto lora = lora_layer(*dev, state.range(0) / 100.0, lora::Init::Random);
+  auto dora = lora_layer(*dev, state.range(0) / 100.0, lora::Init::Random, /*dora=*/true);
+  lora->train();
+  dora->train();
+  auto x = torch::randn({tokens, kD}, torch::TensorOptions(*dev).requires_grad(true));
+  auto dy = torch::randn({tokens, kD}, torch::TensorOptions(*dev));
+  auto step = [&](lora::LoRALinear& layer) {
+    x.mutable_grad() = torch::Tensor();
+    for (auto& p : lora::lora_parameters(*layer)) p.mutable_grad() = torch::Tensor();
+    layer(x).backward(dy);
+  };
+  run_pairs(state, *dev, [&] { step(lora); }, [&] { step(dora); });
+}
+
 // Inference: range(0) = 1 merged (the goal: 1.00x), 0 adapter applied on the fly.
 void BM_LoRAInferenceVsLinear(benchmark::State& state) {
   const auto dev = device_of(state, state.range(1));
@@ -133,6 +155,12 @@ void BM_LoRAInferenceVsLinear(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_LoRAStepVsFrozenLinear)
+    ->ArgNames({"dropout_pct", "dev"})
+    ->ArgsProduct({{0, 10}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseManualTime()
+    ->MinTime(3.0);
+BENCHMARK(BM_DoRAStepVsLoRAStep)
     ->ArgNames({"dropout_pct", "dev"})
     ->ArgsProduct({{0, 10}, {0, 1}})
     ->Unit(benchmark::kMillisecond)

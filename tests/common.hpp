@@ -5,9 +5,14 @@
 #include <lora/lora.hpp>
 #include <torch/version.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include <ftw.h>
+#include <unistd.h>
 #include <cstdio>
 
 namespace lora_test {
@@ -71,6 +76,38 @@ std::string error_of(Fn&& fn) {
 inline void remove_tree(const std::string& path) {
   ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
          FTW_DEPTH | FTW_PHYS);
+}
+
+/// A fresh, empty folder under the system's temp folder, named for the test and the process.
+inline std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("lora_adapter_" + name + "_" + std::to_string(::getpid()));
+  remove_tree(dir.string());
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+inline nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+inline void write_text(const std::filesystem::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+/// safetensors bytes laid out by hand from (name, shape, float values), F32, in order: a file
+/// written without the library's writer.
+inline std::string hand_file(const std::vector<std::tuple<std::string, std::vector<int64_t>, std::vector<float>>>& ts) {
+  std::string header = "{", data;
+  for (const auto& [name, shape, values] : ts) {
+    std::string dims;
+    for (auto d : shape) dims += (dims.empty() ? "" : ",") + std::to_string(d);
+    header += (header.size() > 1 ? "," : "") + std::string("\"") + name + "\":{\"dtype\":\"F32\",\"shape\":[" + dims +
+              "],\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + 4 * values.size()) + "]}";
+    data.append(reinterpret_cast<const char*>(values.data()), 4 * values.size());
+  }
+  header += "}";
+  std::string out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
+  return out + header + data;
 }
 
 /// A two-block model shaped like a transformer, with LoRA-capable projections:

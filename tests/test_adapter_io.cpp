@@ -49,13 +49,6 @@ struct GptImpl : torch::nn::Module {
 };
 TORCH_MODULE(Gpt);
 
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("lora_adapter_" + name + "_" + std::to_string(::getpid()));
-  lora_test::remove_tree(dir.string());
-  fs::create_directories(dir);
-  return dir;
-}
-
 /// A second model with the same base weights as `m` (and no adapters).
 Gpt same_base(Gpt& m) {
   Gpt copy(m->d, m->vocab, m->layers);
@@ -63,29 +56,6 @@ Gpt same_base(Gpt& m) {
   auto src = m->named_parameters();
   for (auto& p : copy->named_parameters()) p.value().copy_(src[p.key()]);
   return copy;
-}
-
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return nlohmann::json::parse(in);
-}
-
-void write_text(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
-
-/// safetensors bytes laid out by hand from (name, shape, float values), F32, in order.
-std::string hand_file(const std::vector<std::tuple<std::string, std::vector<int64_t>, std::vector<float>>>& ts) {
-  std::string header = "{", data;
-  for (const auto& [name, shape, values] : ts) {
-    std::string dims;
-    for (auto d : shape) dims += (dims.empty() ? "" : ",") + std::to_string(d);
-    header += (header.size() > 1 ? "," : "") + std::string("\"") + name + "\":{\"dtype\":\"F32\",\"shape\":[" + dims +
-              "],\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + 4 * values.size()) + "]}";
-    data.append(reinterpret_cast<const char*>(values.data()), 4 * values.size());
-  }
-  header += "}";
-  std::string out;
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
-  return out + header + data;
 }
 
 std::vector<float> iota(size_t n, float scale) {
@@ -267,7 +237,7 @@ TEST_F(AdapterFileTest, StrictLoadingErrorsNameTheCause) {
     c[key] = v;
     return c;
   };
-  expect_error("key 'use_dora' has a non-default value (true)", with("use_dora", true), st_bytes);
+  expect_error("key 'lora_bias' has a non-default value (true)", with("lora_bias", true), st_bytes);
   expect_error("modules_to_save (fully trained extra modules) is not supported yet", with("modules_to_save", {"lm_head"}), st_bytes);
   expect_error("key 'brand_new_knob' has a non-default value", with("brand_new_knob", 3), st_bytes);
   expect_error("must be \"LORA\"", with("peft_type", "IA3"), st_bytes);
@@ -298,7 +268,7 @@ TEST_F(AdapterFileTest, StrictLoadingErrorsNameTheCause) {
                with("target_modules", nullptr),
                hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_embedding_A", {2, 4}, A}}));
   expect_error("is not a LoRA A/B tensor", with("target_modules", nullptr),
-               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.lora_magnitude_vector", {2, 4}, A}}));
+               hand_file({{"base_model.model.transformer.h.0.attn.c_attn.modules_to_save.default.weight", {2, 4}, A}}));
   // A pickle-only folder.
   auto bin = temp_dir("bin");
   write_text(bin / "adapter_config.json", cfg.dump());

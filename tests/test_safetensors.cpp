@@ -30,17 +30,6 @@ std::string floats(std::initializer_list<float> v) {
   return out;
 }
 
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("lora_test_" + name + "_" + std::to_string(::getpid()));
-  lora_test::remove_tree(dir.string());
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary) << bytes;
-}
-
 }  // namespace
 
 class SafetensorsTest : public Seeded {};
@@ -52,7 +41,7 @@ TEST_F(SafetensorsTest, ReadsAHandLaidFileWithUnalignedOffsets) {
       R"("w":{"dtype":"F32","shape":[2,2],"data_offsets":[3,19]}})";
   const std::string bytes = craft(header, std::string("\x01\x02\x03", 3) + floats({1.5f, -2.f, 3.25f, 0.f}));
   auto dir = temp_dir("unaligned");
-  write_bytes(dir / "a.safetensors", bytes);
+  write_text(dir / "a.safetensors", bytes);
   st::File file((dir / "a.safetensors").string());
   EXPECT_EQ(file.metadata().at("format"), "pt");
   EXPECT_EQ(file.metadata().at("note"), "x");

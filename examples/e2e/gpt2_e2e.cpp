@@ -51,6 +51,8 @@ CLI::App* add_train(CLI::App& app, TrainArgs& t) {
   cmd->add_option("--rank", t.o.rank)->capture_default_str();
   cmd->add_option("--alpha", t.o.alpha)->capture_default_str();
   cmd->add_option("--lora-dropout", t.o.lora_dropout)->capture_default_str();
+  cmd->add_flag("--dora", t.o.dora,
+                "DoRA adapters: a trainable magnitude per output feature rescales W0 + s*B*A (PEFT's use_dora; not the paper's recipe)");
   cmd->add_option("--targets", t.o.targets, "module name suffix to adapt")->capture_default_str();
   cmd->add_option("--label-smoothing", t.o.label_smoothing)->capture_default_str();
   add_enum(cmd, "--optimizer", t.o.optimizer, e2e::update_rule_names(),

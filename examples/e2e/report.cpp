@@ -20,7 +20,7 @@ std::string num(double v) {
 
 std::string method_line(const TrainOptions& o) {
   if (o.method != Method::LoRA) return "full fine-tuning";
-  return "LoRA: r = " + std::to_string(o.rank) + ", alpha = " + num(o.alpha) + ", dropout " + num(o.lora_dropout) + ", `" +
+  return std::string(o.dora ? "DoRA" : "LoRA") + ": r = " + std::to_string(o.rank) + ", alpha = " + num(o.alpha) + ", dropout " + num(o.lora_dropout) + ", `" +
          o.targets + "`" + (o.qv_only && o.targets == "c_attn" ? " (q and v slices)" : "");
 }
 

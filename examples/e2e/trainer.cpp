@@ -164,7 +164,7 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
   if (num_examples_ == 0) throw std::invalid_argument("no training examples");
   if (o_.method == Method::LoRA) {
     // The paper's config (q and v slices of c_attn), with this run's rank, alpha, dropout, targets.
-    auto cfg = gpt2::paper_lora_config().r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout);
+    auto cfg = gpt2::paper_lora_config().r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout).use_dora(o_.dora);
     if (!o_.qv_only || o_.targets != "c_attn") cfg.target_modules({o_.targets}).enable_lora({});
     lora::inject_lora(*model_, cfg);
   } else {

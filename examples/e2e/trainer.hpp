@@ -39,6 +39,7 @@ struct TrainOptions {
   bool qv_only = true;             ///< on c_attn: only the q and v slices (the paper's choice)
   int64_t rank = 4;
   double alpha = 32, lora_dropout = 0.1;
+  bool dora = false;  ///< DoRA adapters (Liu et al., 2024; PEFT's use_dora) instead of plain LoRA: not the paper's
   double lr = 2e-4, weight_decay = 0.01, label_smoothing = 0.1, clip = 0;  ///< clip 0: off, as in the paper
   int64_t warmup = 500;        ///< linear warm-up steps, then linear decay to 0
   UpdateRule optimizer = UpdateRule::Reference;

@@ -6,7 +6,8 @@
 /// PEFT layout, for a module at path P (as named in the Python model):
 ///   `base_model.model.P.lora_A.weight` [r, in], `base_model.model.P.lora_B.weight` [out, r],
 ///   `base_model.model.P.lora_embedding_A` [r, num], `base_model.model.P.lora_embedding_B` [dim, r],
-///   `base_model.model.P.bias` when the adapter trains biases (bias "all" / "lora_only").
+///   `base_model.model.P.bias` when the adapter trains biases (bias "all" / "lora_only"),
+///   `base_model.model.P.lora_magnitude_vector` [out_features] for DoRA (`"use_dora": true`).
 /// The adapter name is stripped, as PEFT strips "default"; files that keep it
 /// (`...lora_A.default.weight`) load too. C++ module paths may differ from the Python
 /// model's: a `NameMap` maps them in both directions, for saving and loading.
@@ -140,12 +141,13 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
     if (!layer->has_adapter(name)) continue;
     const auto& o = layer->adapter_options(name);
     if (!first) first = &o;
-    if (o.use_rslora() != first->use_rslora() || o.dropout() != first->dropout())
-      throw std::invalid_argument("save_adapter: module '" + path + "' differs from the others in use_rslora or "
-                                  "dropout, which PEFT's adapter_config.json cannot express per module");
+    if (o.use_rslora() != first->use_rslora() || o.dropout() != first->dropout() || o.use_dora() != first->use_dora())
+      throw std::invalid_argument("save_adapter: module '" + path + "' differs from the others in use_rslora, "
+                                  "dropout or use_dora, which PEFT's adapter_config.json cannot express per module");
     const auto fa = layer->file_form(name);
     tensors.insert(detail::kPeftPrefix + fp + "." + layer->peft_key("A"), fa.A);
     tensors.insert(detail::kPeftPrefix + fp + "." + layer->peft_key("B"), fa.B);
+    for (const auto& [key, t] : fa.extra) tensors.insert(detail::kPeftPrefix + fp + "." + key, t);
     adapted.push_back(fp);
     ranks[fp] = fa.r;
     alphas[fp] = fa.alpha;
@@ -194,6 +196,7 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
   cfg["lora_alpha"] = alpha;
   cfg["lora_dropout"] = first->dropout();
   cfg["use_rslora"] = first->use_rslora();
+  cfg["use_dora"] = first->use_dora();
   cfg["target_modules"] = targets;
   cfg["bias"] = detail::bias_name(options.bias());
   cfg["fan_in_fan_out"] = options.fan_in_fan_out();
@@ -217,6 +220,7 @@ struct PeftConfig {
   double alpha = 8;
   double dropout = 0;
   bool use_rslora = false;
+  bool use_dora = false;  // DoRA: every adapted module has a lora_magnitude_vector tensor
   Bias bias = Bias::None;
   PatternMap<int64_t> rank_pattern;  // PEFT's per-module overrides, compiled, in the file's order
   PatternMap<double> alpha_pattern;
@@ -247,7 +251,7 @@ inline PeftConfig parse_peft_config(const std::string& path) {
   // Keys that do not change the arithmetic of a trained adapter: read or ignored knowingly.
   static const std::set<std::string> harmless = {
       "peft_type", "base_model_name_or_path", "task_type", "inference_mode", "revision", "peft_version",
-      "auto_mapping", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "target_modules",
+      "auto_mapping", "r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "bias", "target_modules",
       "exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
       "fan_in_fan_out", "init_lora_weights", "megatron_config", "megatron_core", "eva_config", "corda_config",
       "qalora_group_size"};
@@ -272,6 +276,7 @@ inline PeftConfig parse_peft_config(const std::string& path) {
     c.alpha = j.contains("lora_alpha") && !j["lora_alpha"].is_null() ? j["lora_alpha"].get<double>() : 8.0;
     c.dropout = j.contains("lora_dropout") && !j["lora_dropout"].is_null() ? j["lora_dropout"].get<double>() : 0.0;
     c.use_rslora = j.value("use_rslora", false);
+    c.use_dora = j.contains("use_dora") && !j["use_dora"].is_null() && j["use_dora"].get<bool>();
     const std::string bias = j.contains("bias") && j["bias"].is_string() ? j["bias"].get<std::string>() : "none";
     if (bias == "all") c.bias = Bias::All;
     else if (bias == "lora_only") c.bias = Bias::LoraOnly;
@@ -353,11 +358,13 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     LoRALayer* layer = nullptr;
     const safetensors::TensorView* A = nullptr;
     const safetensors::TensorView* B = nullptr;
+    const safetensors::TensorView* magnitude = nullptr;  // DoRA
   };
   std::map<std::string, Pending> pending;  // by model path
   std::vector<std::pair<std::string, const safetensors::TensorView*>> biases;
   static const std::regex linear_key(R"(^(.+)\.lora_([AB])(?:\.([^.]+))?\.weight$)");
   static const std::regex embedding_key(R"(^(.+)\.lora_embedding_([AB])(?:\.([^.]+))?$)");
+  static const std::regex magnitude_key(R"(^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$)");
   const std::string prefix = detail::kPeftPrefix;
   for (const auto& t : file.tensors()) {
     if (t.name.compare(0, prefix.size(), prefix) != 0)
@@ -366,13 +373,15 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     const std::string rest = t.name.substr(prefix.size());
     std::smatch m;
     const bool is_linear = std::regex_match(rest, m, linear_key);
-    if (!is_linear && !std::regex_match(rest, m, embedding_key)) {
+    const bool is_embedding = !is_linear && std::regex_match(rest, m, embedding_key);
+    const bool is_magnitude = !is_linear && !is_embedding && std::regex_match(rest, m, magnitude_key);
+    if (!is_linear && !is_embedding && !is_magnitude) {
       if (cfg.bias != Bias::None && rest.size() > 5 && rest.compare(rest.size() - 5, 5, ".bias") == 0) {
         biases.emplace_back(model_path(rest.substr(0, rest.size() - 5)) + ".bias", &t);
         continue;
       }
-      throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' is not a LoRA A/B tensor (a DoRA magnitude, "
-                               "a modules_to_save copy or a bias with bias=\"none\"?): this loader does not read it");
+      throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' is not a LoRA A/B tensor (a modules_to_save "
+                               "copy or a bias with bias=\"none\"?): this loader does not read it");
     }
     const std::string fp = m[1].str(), path = model_path(fp);
     auto it = by_path.find(path);
@@ -380,6 +389,20 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
       throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' belongs to module '" + path +
                                "', which is not a LoRA-capable layer of this model (different base model, or a "
                                "missing name mapping?). LoRA layers: " + detail::list_names(layer_names));
+    if (is_magnitude) {
+      if (!cfg.use_dora)
+        throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' is a DoRA magnitude, but adapter_config.json "
+                                 "does not set \"use_dora\": true; a DoRA adapter needs the flag (a plain LoRA adapter "
+                                 "has no such tensor)");
+      auto& p = pending[path];
+      if (p.magnitude)
+        throw std::runtime_error("'" + st_path + "': tensors '" + p.magnitude->name + "' and '" + t.name +
+                                 "' are both the DoRA magnitude of module '" + fp + "'");
+      p.file_path = fp;
+      p.layer = it->second;
+      p.magnitude = &t;
+      continue;
+    }
     const std::string key_kind = is_linear ? "Linear" : "Embedding";  // PEFT's two key forms
     if (it->second->kind() != key_kind)
       throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' has the key form of " + (is_linear ? "a Linear" : "an Embedding") +
@@ -407,9 +430,18 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
   std::vector<AdapterOptions> resolved;
   for (auto& [path, p] : pending) {
     const std::string where = "'" + st_path + "': module '" + p.file_path + "'";
+    if (!p.A && !p.B)
+      throw std::runtime_error(where + " has a DoRA magnitude but no lora_A / lora_B tensors: the file is incomplete");
     if (!p.A || !p.B)
       throw std::runtime_error(where + " has only its lora_" + std::string(p.A ? "A" : "B") +
                                " tensor: the file is incomplete");
+    if (cfg.use_dora && !p.magnitude)
+      throw std::runtime_error(where + " has no lora_magnitude_vector tensor, which adapter_config.json's \"use_dora\": true "
+                               "needs: a truncated file, or a plain LoRA adapter whose config says use_dora?");
+    if (p.magnitude && p.magnitude->shape != std::vector<int64_t>{p.layer->output_features()})
+      throw std::runtime_error("'" + st_path + "': tensor '" + p.magnitude->name + "' has shape " +
+                               detail::shape_str(p.magnitude->shape) + ", expected [" + std::to_string(p.layer->output_features()) +
+                               "] (one per output feature of " + p.layer->describe() + "): different base model?");
     if (cfg.has_targets && !cfg.targets.selects(p.file_path))
       throw std::runtime_error(where + " has tensors but adapter_config.json's target_modules does not select it");
     const int64_t r = cfg.rank_for(p.file_path);
@@ -440,7 +472,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     const auto dtype = options.dtype() ? *options.dtype() : detail::to_torch(p.A->dtype);
     if (!torch::isFloatingType(dtype))
       throw std::runtime_error("'" + st_path + "': tensor '" + p.A->name + "' is not floating point");
-    resolved.push_back(AdapterOptions(r).alpha(cfg.alpha_for(p.file_path)).dropout(cfg.dropout).use_rslora(cfg.use_rslora).dtype(dtype));
+    resolved.push_back(AdapterOptions(r).alpha(cfg.alpha_for(p.file_path)).dropout(cfg.dropout).use_rslora(cfg.use_rslora).dtype(dtype).use_dora(cfg.use_dora));
   }
   if (pending.empty()) throw std::runtime_error("'" + st_path + "' holds no LoRA tensors");
   auto params = model.named_parameters(/*recurse=*/true);
@@ -461,6 +493,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
       torch::Tensor& dst = view == p.A ? p.layer->lora_A(name) : p.layer->lora_B(name);
       dst.copy_(to_tensor(*view));
     }
+    if (p.magnitude) p.layer->variant(name)->load_file_tensor(DoRAImpl::kFileKey, to_tensor(*p.magnitude));
     if (options.activate()) p.layer->set_active_adapters({name});
     report.adapted.push_back(path);
   }
@@ -521,10 +554,18 @@ inline void load_lora_state(torch::nn::Module& model, const std::string& path, c
                                ": saved from a model injected with another r or base model?");
     loaded[item.key()] = t;
   }
-  if (!unexpected.empty() || !missing.empty())
+  if (!unexpected.empty() || !missing.empty()) {
+    auto dora = [](const std::vector<std::string>& names) {
+      for (const auto& n : names)
+        if (n.find(std::string(DoRAImpl::kFileKey) + ".") != std::string::npos) return true;
+      return false;
+    };
+    const std::string hint = dora(unexpected) ? ": the archive holds DoRA magnitudes, the model's adapter is plain LoRA (inject with use_dora(true))"
+                             : dora(missing) ? ": the model's adapter is DoRA, the archive's is plain LoRA (inject without use_dora)"
+                                             : " (inject the model with the config it was saved from)";
     throw std::runtime_error("'" + path + "' does not match the model's adapters: unexpected " +
-                             detail::list_names(unexpected) + "; missing " + detail::list_names(missing) +
-                             " (inject the model with the config it was saved from)");
+                             detail::list_names(unexpected) + "; missing " + detail::list_names(missing) + hint);
+  }
   torch::NoGradGuard no_grad;
   for (auto& item : state) item.value().copy_(loaded[item.key()]);
 }

@@ -53,7 +53,13 @@ inline CombineReport add_weighted_adapter(torch::nn::Module& model, const std::v
   auto layers = detail::lora_layers(model);
   for (const auto& name : adapters) {
     bool known = false;
-    for (const auto& l : layers) known = known || l.second->has_adapter(name);
+    for (const auto& l : layers) {
+      known = known || l.second->has_adapter(name);
+      if (const AdapterVariant* v = l.second->has_adapter(name) ? l.second->variant(name) : nullptr)
+        throw std::invalid_argument(where + ": adapter '" + name + "' is a " + v->variant_name() + " adapter (module '" +
+                                    l.first + "'): combining adapters adds their s·B·A, which does not combine " +
+                                    v->variant_name() + "'s magnitudes; combine plain LoRA adapters");
+    }
     if (!known) throw std::invalid_argument(where + ": no LoRA layer has adapter '" + name + "'");
   }
   struct Plan {
@@ -165,6 +171,11 @@ inline void hotswap_adapter(torch::nn::Module& model, const std::string& dir, co
                                     ": the two adapters target different modules");
       if (!slot) continue;
       if (layer->merged()) throw std::logic_error(where + ": module '" + path + "' is merged; unmerge() first");
+      for (const auto& n : {name, temp})
+        if (const AdapterVariant* v = layer->variant(n))
+          throw std::invalid_argument(where + ": module '" + path + "': " + (n == name ? "the slot" : "the file") + " is a " +
+                                      v->variant_name() + " adapter; hot-swapping copies A and B into the slot in place, "
+                                      "which would leave its magnitude behind: load it with load_adapter(...if_exists(IfExists::Replace))");
       if (!layer->adapter_options(name).enable().empty())
         throw std::invalid_argument(where + ": module '" + path + "': adapter '" + name + "' has a slice mask; hot-swapping "
                                     "needs a whole-layer slot (load the first adapter from its file)");

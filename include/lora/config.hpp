@@ -57,6 +57,8 @@ struct AdapterOptions {
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
   /// Slice mask over n equal output slices (loralib's `enable_lora`); empty = whole layer.
   TORCH_ARG(std::vector<bool>, enable) = {};
+  /// DoRA (dora.hpp): a trainable magnitude per output feature rescales W0 + s·B·A (PEFT's name).
+  TORCH_ARG(bool, use_dora) = false;
 
  public:
   double scaling() const { return use_rslora_ ? alpha_ / std::sqrt(double(r_)) : alpha_ / double(r_); }
@@ -100,6 +102,8 @@ struct LoRAConfig {
   TORCH_ARG(AlphaPattern, alpha_pattern) = {};
   /// dtype of the adapter weights.
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
+  /// DoRA adapters (dora.hpp) instead of plain LoRA, as PEFT's `use_dora`.
+  TORCH_ARG(bool, use_dora) = false;
 };
 
 }  // namespace lora

@@ -79,14 +79,26 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
         check_not_training_merged(name);
         continue;
       }
-      const torch::Tensor& A = lora_A(name);  // [r, num]
-      const int64_t pad = options.padding_idx() ? *options.padding_idx() : -1;
-      torch::Tensor rows = torch::embedding(A.t(), input.reshape({-1}), pad, options.scale_grad_by_freq());
-      torch::Tensor u = torch::mm(rows.mul_(scaling(name)), lora_B(name).t());
+      torch::Tensor u = adapter_update(input, name);
+      if (AdapterVariant* v = variant(name)) {  // active alone: the base lookup plus its update, rescaled
+        VariantTerms t;
+        t.fused = result + u.view(result.sizes()).to(result.scalar_type());
+        t.weight = weight.t();
+        t.delta = lora_delta(name).t();
+        return v->forward(t);
+      }
       update = update.defined() ? update + u : u;
     }
     if (!update.defined()) return result;
     return result + update.view(result.sizes()).to(result.scalar_type());
+  }
+
+  /// s·Aᵀ[ids]·Bᵀ of adapter `name`, [ids, embedding_dim].
+  torch::Tensor adapter_update(const torch::Tensor& input, const std::string& name) {
+    const torch::Tensor& A = lora_A(name);  // [r, num]
+    const int64_t pad = options.padding_idx() ? *options.padding_idx() : -1;
+    torch::Tensor rows = torch::embedding(A.t(), input.reshape({-1}), pad, options.scale_grad_by_freq());
+    return torch::mm(rows.mul_(scaling(name)), lora_B(name).t());
   }
 
   /// A batch whose rows use different adapters (lora::AdapterPerRow): the ids look up the columns
@@ -106,7 +118,7 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
     return result;
   }
 
-  torch::Tensor delta_weight(const std::string& name) override {
+  torch::Tensor lora_delta(const std::string& name) override {
     const auto dtype = torch::promote_types(torch::kFloat32, weight.scalar_type());
     torch::Tensor A = lora_A(name).detach().to(dtype), B = lora_B(name).detach().to(dtype);
     return torch::mm(B, A).t().mul(scaling(name));
@@ -114,6 +126,10 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
 
   torch::Tensor& base_weight() override { return weight; }
   torch::Tensor base_bias() override { return torch::Tensor(); }
+
+  int64_t output_features() const override { return options.embedding_dim(); }
+  /// Output-major E is Eᵀ [embedding_dim, num_embeddings]: DoRA's norm runs over the vocabulary.
+  torch::Tensor output_major(const torch::Tensor& w) const override { return w.t(); }
 
   std::string kind() const override { return "Embedding"; }
   std::string peft_key(const std::string& which) const override { return "lora_embedding_" + which; }

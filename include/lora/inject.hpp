@@ -162,7 +162,7 @@ inline InjectReport inject_lora(torch::nn::Module& model, const LoRAConfig& conf
   auto options_for = [&](const std::string& name) {
     AdapterOptions o(rank_keys.value_for(name, config.r()));
     o.alpha(alpha_keys.value_for(name, config.alpha())).dropout(config.dropout()).use_rslora(config.use_rslora())
-        .init(config.init()).dtype(config.dtype());
+        .init(config.init()).dtype(config.dtype()).use_dora(config.use_dora());
     for (const auto& kv : config.enable_lora())
       if (detail::name_matches(name, kv.first)) o.enable(kv.second);
     return o;

@@ -7,10 +7,13 @@
 /// Adapters are stored as PEFT stores them: two `torch::nn::ModuleDict`s keyed by
 /// adapter name ("default" unless told otherwise), each entry a bias-free
 /// `torch::nn::Linear` whose `weight` is A or B, so parameter names read
-/// `<layer>.lora_A.<adapter>.weight` and `<layer>.lora_B.<adapter>.weight`.
+/// `<layer>.lora_A.<adapter>.weight` and `<layer>.lora_B.<adapter>.weight`. An adapter of a
+/// variant (DoRA) also has its variant module, in a third dict (variant.hpp).
 
 #include <lora/config.hpp>
+#include <lora/dora.hpp>
 #include <lora/mixed.hpp>
+#include <lora/variant.hpp>
 
 #include <algorithm>
 #include <memory>
@@ -77,6 +80,12 @@ class LoRALayer {
   /// Throws what `set_active_adapters(names)` would throw, changing nothing.
   void check_active_adapters(const std::vector<std::string>& names) const {
     for (const auto& n : names) require_adapter(n);
+    if (names.size() > 1)
+      for (const auto& n : names)
+        if (const AdapterVariant* v = variant(n))
+          throw std::invalid_argument(describe() + ": adapter '" + n + "' is a " + v->variant_name() + " adapter, which must be "
+                                      "the only active adapter of its layer (its magnitude rescales the whole weight, so a "
+                                      "sum with " + join(names) + " has no single meaning); activate it alone");
     if (!merged_.empty() && names != active_)
       throw std::logic_error(describe() + ": cannot switch adapters while merged; unmerge() first");
   }
@@ -93,10 +102,27 @@ class LoRALayer {
     return adapter_weight(dict_B(), name);
   }
 
-  /// The dense update of adapter `name`, scaled, in the layout of the base
-  /// weight and in the wider of float32 and the base weight's dtype. Only merge
-  /// and tests build it: the forward never does.
-  virtual torch::Tensor delta_weight(const std::string& name) = 0;
+  /// The dense update of adapter `name` in the layout of the base weight and in the wider of
+  /// float32 and the base weight's dtype: s·B·A for plain LoRA, W' − W0 for a variant (DoRA).
+  /// Only merge and tests build it: the forward never does.
+  torch::Tensor delta_weight(const std::string& name) {
+    torch::Tensor d = lora_delta(name);
+    if (!variant(name)) return d;
+    return effective_weight(name, d).sub_(base_weight().detach().to(d.scalar_type()));
+  }
+
+  /// s·B·A of adapter `name` (slice masks expanded), detached, in the layout of the base weight and
+  /// in the wider of float32 and the base weight's dtype: the plain-LoRA update, whatever the variant.
+  virtual torch::Tensor lora_delta(const std::string& name) = 0;
+
+  /// The variant of adapter `name` (DoRA), or nullptr for a plain LoRA adapter.
+  virtual AdapterVariant* variant(const std::string& name) const = 0;
+
+  /// The number of output features (Linear: out_features; Embedding: embedding_dim).
+  virtual int64_t output_features() const = 0;
+  /// `w` (the base weight's layout) as [output_features, ...], the layout variants see: the
+  /// identity for Linear, the transpose for Embedding. Its own inverse.
+  virtual torch::Tensor output_major(const torch::Tensor& w) const { return w; }
 
   /// The adapter of each row of the coming inputs, for a batch that mixes adapters (set for a
   /// scope by lora::AdapterPerRow): row i of the input's first dimension uses `names[index[i]]`, or
@@ -198,16 +224,20 @@ class LoRALayer {
   virtual std::string peft_key(const std::string& which) const = 0;
   /// The shape tensor `which` has in a file for rank r, e.g. A [r, in] and B [out, r] for Linear.
   virtual std::vector<int64_t> file_shape(const std::string& which, int64_t r) const = 0;
-  /// Adapter `name` as a PEFT file holds it: A, B, rank and alpha. Layers whose in-memory form
-  /// differs (slice masks) return the equivalent whole-layer adapter.
+  /// Adapter `name` as a PEFT file holds it: A, B, rank and alpha, and a variant's own tensors
+  /// by key suffix (DoRA: "lora_magnitude_vector"). Layers whose in-memory form differs (slice
+  /// masks) give the equivalent whole-layer adapter.
   struct FileForm {
     torch::Tensor A, B;
     int64_t r;
     double alpha;
+    std::vector<std::pair<std::string, torch::Tensor>> extra;
   };
-  virtual FileForm file_form(const std::string& name) {
-    const auto& o = adapter_options(name);
-    return {lora_A(name).detach(), lora_B(name).detach(), o.r(), o.alpha()};
+  FileForm file_form(const std::string& name) {
+    FileForm f = lora_file_form(name);
+    if (AdapterVariant* v = variant(name))
+      f.extra = v->file_tensors(output_major(base_weight().detach()), output_major(lora_delta(name)));
+    return f;
   }
 
  protected:
@@ -219,6 +249,26 @@ class LoRALayer {
   virtual void rebuild_adapter_dicts() = 0;
   /// Layer-specific checks of new adapter options (slice masks, ...).
   virtual void validate_options(const std::string& name, const AdapterOptions& options) const = 0;
+  /// A, B, rank and alpha of adapter `name` in PEFT's whole-layer form (see file_form).
+  virtual FileForm lora_file_form(const std::string& name) {
+    const auto& o = adapter_options(name);
+    return {lora_A(name).detach(), lora_B(name).detach(), o.r(), o.alpha(), {}};
+  }
+  /// The output features adapter `name` adapts (a slice mask's enabled slices), empty for all.
+  virtual std::vector<int64_t> adapted_features(const std::string& name) const {
+    (void)name;
+    return {};
+  }
+
+  /// The weight adapter `name` (a variant's) makes of W0, given its s·B·A `delta`, in the layout of
+  /// the base weight and in `delta`'s dtype.
+  torch::Tensor effective_weight(const std::string& name, const torch::Tensor& delta) {
+    AdapterVariant* v = variant(name);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor w = base_weight().detach();
+    if (!v) return w.to(delta.scalar_type()) + delta;
+    return output_major(v->effective_weight(output_major(w), output_major(delta)));
+  }
 
   /// Merge errors name the adapter, so error texts need the list.
   static std::string join(const std::vector<std::string>& names) {
@@ -242,8 +292,10 @@ class LoRALayer {
     return dict->at<torch::nn::LinearImpl>(name).weight;
   }
 
-  /// W0 + sum of the updates, computed in the wider of float32 and W0's dtype.
+  /// W0 + sum of the updates, computed in the wider of float32 and W0's dtype (a variant adapter,
+  /// always alone: its effective weight).
   torch::Tensor merged_weight(const std::vector<std::string>& names) {
+    if (names.size() == 1 && variant(names[0])) return effective_weight(names[0], lora_delta(names[0]));
     torch::Tensor w = base_weight();
     auto dtype = torch::promote_types(torch::kFloat32, w.scalar_type());
     torch::Tensor sum = w.to(dtype, /*non_blocking=*/false, /*copy=*/true);
@@ -318,6 +370,7 @@ class LoRALayer {
     for (size_t i = 0; i < names_.size(); ++i) {
       const auto& o = options_.at(names_[i]);
       stream << (i ? ", " : "") << names_[i] << ": r=" << o.r() << ", alpha=" << o.alpha();
+      if (const AdapterVariant* v = variant(names_[i])) stream << ", " << v->variant_name();
     }
     stream << "]" << (merged() ? ", merged=true" : "");
   }
@@ -381,26 +434,40 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
     if (unmerged_weight().defined()) unmerged_weight() = unmerged_weight().to(device, non_blocking);
   }
 
+  AdapterVariant* variant(const std::string& name) const override {
+    for (const auto& [dict_name, dict] : V_)
+      if (dict->contains(name)) return dynamic_cast<AdapterVariant*>((*dict)[name].get());
+    return nullptr;
+  }
+
  protected:
   /// Registers the two adapter dicts (named as PEFT names them) and fills them from
   /// the stored options; called from the layer's reset() and after delete_adapter().
   /// Adapters that were already registered keep their holders (and so their trained values and
   /// storage); only new names are created.
+  /// Variants' dicts (one per variant kind, registered while an adapter uses it) are rebuilt alike.
   void register_adapter_dicts(const char* name_A, const char* name_B) {
     auto& self = static_cast<Derived&>(*this);
-    std::map<std::string, std::shared_ptr<torch::nn::Module>> kept_A, kept_B;
+    std::map<std::string, std::shared_ptr<torch::nn::Module>> kept_A, kept_B, kept_V;
     if (self.named_children().contains(name_A)) {
       for (const auto& item : A_->items()) kept_A[item.first] = item.second;
       for (const auto& item : B_->items()) kept_B[item.first] = item.second;
       self.unregister_module(name_A);
       self.unregister_module(name_B);
     }
+    for (const auto& [dict_name, dict] : V_)  // after clone()'s copy, V_ names the original's dicts: none is a child
+      if (self.named_children().contains(dict_name)) {
+        for (const auto& item : dict->items()) kept_V[item.first] = item.second;
+        self.unregister_module(dict_name);
+      }
+    V_.clear();
     A_ = self.register_module(name_A, torch::nn::ModuleDict());
     B_ = self.register_module(name_B, torch::nn::ModuleDict());
     for (const auto& n : adapter_names()) {
       if (kept_A.count(n) && kept_B.count(n)) {
         A_->update({{n, kept_A[n]}});
         B_->update({{n, kept_B[n]}});
+        if (kept_V.count(n)) variant_dict(dynamic_cast<AdapterVariant&>(*kept_V[n]).dict_name())->update({{n, kept_V[n]}});
       } else {
         create_adapter(n);
       }
@@ -421,6 +488,23 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
     B->to(device, dtype);
     A_->update({{name, A.ptr()}});
     B_->update({{name, B.ptr()}});
+    const auto& o = adapter_options(name);
+    std::shared_ptr<torch::nn::Module> module;
+    if (o.use_dora()) module = std::make_shared<DoRAImpl>(output_features(), adapted_features(name));
+    // A new variant is wired in here (and in AdapterOptions, LoRAConfig and the PEFT config reader).
+    if (!module) return;
+    module->to(device, dtype);
+    auto& v = dynamic_cast<AdapterVariant&>(*module);
+    v.init(output_major(this->base_weight().detach()), output_major(lora_delta(name)));
+    variant_dict(v.dict_name())->update({{name, module}});
+  }
+
+  /// The layer's dict for variants of kind `dict_name`, registered on first use.
+  torch::nn::ModuleDict& variant_dict(const std::string& dict_name) {
+    auto it = V_.find(dict_name);
+    if (it == V_.end())
+      it = V_.emplace(dict_name, static_cast<Derived&>(*this).register_module(dict_name, torch::nn::ModuleDict())).first;
+    return it->second;
   }
 
   /// A forward in training mode, with gradients on, through a merged trainable adapter would
@@ -436,6 +520,7 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
   torch::nn::ModuleDict& dict_B() override { return B_; }
 
   torch::nn::ModuleDict A_{nullptr}, B_{nullptr};
+  std::map<std::string, torch::nn::ModuleDict> V_;  // variants' dicts by name ("lora_magnitude_vector")
 };
 
 /// Every module under `root` (root excluded) a user can name, in pre-order: a LoRA layer's own

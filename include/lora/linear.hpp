@@ -93,20 +93,43 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
         check_not_training_merged(name);
         continue;
       }
+      if (AdapterVariant* v = variant(name)) return variant_forward(input, name, *v);  // active alone
       const auto& o = adapter_options(name);
       plan.terms.push_back({o.scaling(), o.dropout(), o.enable()});
       adapters.emplace_back(lora_A(name), lora_B(name));
     }
     if (adapters.empty()) return torch::nn::functional::linear(input, weight, bias);
-    if (input.dim() == 0 || input.size(-1) != options.in_features())
-      throw std::invalid_argument(describe() + ": input of shape " + detail::shape_str(input.sizes()) + " does not end in in_features=" +
-                                  std::to_string(options.in_features()));
+    check_input(input);
     plan.has_bias = bias.defined();
     plan.train = is_training();
     torch::Tensor y = detail::lora_linear(input.reshape({-1, options.in_features()}), weight, bias, adapters, plan);
-    auto sizes = input.sizes().vec();
-    sizes.back() = options.out_features();
-    return y.view(sizes);
+    return y.view(output_sizes(input));
+  }
+
+  /// The forward of a variant adapter (DoRA): the plain-LoRA pieces, which `variant` combines.
+  /// Without dropout one lean node computes x·W0ᵀ + s·x·Aᵀ·Bᵀ; with dropout in training the
+  /// pieces go through stock autograd (x'·W0ᵀ is a second base-sized product).
+  torch::Tensor variant_forward(const torch::Tensor& input, const std::string& name, AdapterVariant& variant) {
+    check_input(input);
+    const auto& o = adapter_options(name);
+    const torch::Tensor x = input.reshape({-1, options.in_features()});
+    const torch::Tensor& A = lora_A(name);
+    VariantTerms t;
+    t.bias = bias;
+    t.weight = weight;
+    t.delta = lora_delta(name);
+    if (is_training() && o.dropout() > 0) {
+      t.base = torch::nn::functional::linear(x, weight, bias);
+      const torch::Tensor xd = torch::dropout(x, o.dropout(), /*train=*/true);
+      t.plain = torch::nn::functional::linear(xd, weight);
+      const torch::Tensor B = detail::full_B(lora_B(name), o.enable(), options.out_features());
+      t.update = torch::mm(torch::mm(xd.to(A.scalar_type()), A.t()), B.t()).mul(o.scaling()).to(t.base.scalar_type());
+    } else {
+      detail::LinearPlan plan;
+      plan.terms.push_back({o.scaling(), 0.0, o.enable()});
+      t.fused = detail::lora_linear(x, weight, torch::Tensor(), {{A, lora_B(name)}}, plan);
+    }
+    return variant.forward(t).view(output_sizes(input));
   }
 
   /// A batch whose rows use different adapters (lora::AdapterPerRow): the base GEMM once for all
@@ -126,7 +149,7 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
     return y;
   }
 
-  torch::Tensor delta_weight(const std::string& name) override {
+  torch::Tensor lora_delta(const std::string& name) override {
     const auto& o = adapter_options(name);
     const auto dtype = torch::promote_types(torch::kFloat32, weight.scalar_type());
     torch::Tensor A = lora_A(name).detach().to(dtype), B = lora_B(name).detach().to(dtype);
@@ -136,6 +159,8 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   torch::Tensor& base_weight() override { return weight; }
   torch::Tensor base_bias() override { return bias; }
 
+  int64_t output_features() const override { return options.out_features(); }
+
   std::string kind() const override { return "Linear"; }
   std::string peft_key(const std::string& which) const override { return "lora_" + which + ".weight"; }
   std::vector<int64_t> file_shape(const std::string& which, int64_t r) const override {
@@ -144,14 +169,14 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   /// With a slice mask, the exact whole-layer equivalent: B expanded to [out, k·r] with its
   /// blocks on their output slices (zero elsewhere), rank k·r and alpha·k (alpha·√k under
   /// rsLoRA) so that the scaling stays the same.
-  FileForm file_form(const std::string& name) override {
+  FileForm lora_file_form(const std::string& name) override {
     const auto& o = adapter_options(name);
     torch::Tensor A = lora_A(name).detach(), B = lora_B(name).detach();
-    if (o.enable().empty()) return {A, B, o.r(), o.alpha()};
+    if (o.enable().empty()) return {A, B, o.r(), o.alpha(), {}};
     const int64_t k = detail::count_enabled(o.enable());
     const torch::Tensor full = detail::full_B(B, o.enable(), options.out_features());
     const double factor = o.use_rslora() ? std::sqrt(double(k)) : double(k);
-    return {A, full, k * o.r(), o.alpha() * factor};
+    return {A, full, k * o.r(), o.alpha() * factor, {}};
   }
 
   std::string describe() const override {
@@ -187,6 +212,18 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
 
   void rebuild_adapter_dicts() override { register_adapter_dicts("lora_A", "lora_B"); }
 
+  /// With a slice mask, the output features of the enabled slices.
+  std::vector<int64_t> adapted_features(const std::string& name) const override {
+    const auto& enable = adapter_options(name).enable();
+    std::vector<int64_t> rows;
+    if (enable.empty()) return rows;
+    const int64_t slice = options.out_features() / static_cast<int64_t>(enable.size());
+    for (int64_t j = 0; j < static_cast<int64_t>(enable.size()); ++j)
+      if (enable[static_cast<size_t>(j)])
+        for (int64_t i = j * slice; i < (j + 1) * slice; ++i) rows.push_back(i);
+    return rows;
+  }
+
   void validate_options(const std::string& name, const AdapterOptions& o) const override {
     if (o.enable().empty()) return;
     const auto n = static_cast<int64_t>(o.enable().size());
@@ -199,6 +236,17 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   }
 
  private:
+  void check_input(const torch::Tensor& input) const {
+    if (input.dim() == 0 || input.size(-1) != options.in_features())
+      throw std::invalid_argument(describe() + ": input of shape " + detail::shape_str(input.sizes()) + " does not end in in_features=" +
+                                  std::to_string(options.in_features()));
+  }
+  std::vector<int64_t> output_sizes(const torch::Tensor& input) const {
+    auto sizes = input.sizes().vec();
+    sizes.back() = options.out_features();
+    return sizes;
+  }
+
   torch::Tensor pending_weight_, pending_bias_;  // set by the wrapping constructor, consumed by reset()
 };
 

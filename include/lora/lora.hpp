@@ -13,6 +13,8 @@
 
 #include <lora/version.hpp>
 #include <lora/config.hpp>
+#include <lora/variant.hpp>
+#include <lora/dora.hpp>
 #include <lora/layer.hpp>
 #include <lora/mixed.hpp>
 #include <lora/linear.hpp>

@@ -101,6 +101,11 @@ class AdapterPerRow {
         if (!known)
           throw std::invalid_argument("AdapterPerRow: no LoRA layer has an adapter named '" + name + "' (adapters: " +
                                       detail::list_names(std::vector<std::string>(all.begin(), all.end())) + ")");
+        for (const auto& [path, layer] : layers)
+          if (const AdapterVariant* v = layer->has_adapter(name) ? layer->variant(name) : nullptr)
+            throw std::invalid_argument("AdapterPerRow: adapter '" + name + "' is a " + v->variant_name() + " adapter (module '" +
+                                        path + "'): a mixed batch adds each row's s·B·A to a shared base output, which " +
+                                        v->variant_name() + "'s rescaled weight is not; run its rows in a batch of their own");
         rows->names.push_back(name);
         it = rows->names.end() - 1;
       }

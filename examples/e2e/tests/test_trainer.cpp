@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <random>
 
@@ -198,6 +199,36 @@ TEST(E2ETrainer, ResumedRunMatchesUninterruptedRunExactly) {
   EXPECT_EQ(losses_a, losses_b);
   expect_same_trainables(*straight, *resumed);
   EXPECT_EQ(a.position().tokens, c.position().tokens);
+  fs::remove(file);
+}
+
+TEST(E2ETrainer, DoRATrainsTheMagnitudesAndResumesExactly) {
+  const auto data = examples(10);
+  auto o = options();
+  o.dora = true;
+  o.lora_dropout = 0.3;  // DoRA's dropout form draws its own mask
+  auto straight = tiny_model();
+  e2e::Trainer a(straight, o, data.size());
+  std::map<std::string, torch::Tensor> start;
+  for (const auto& p : straight->named_parameters())
+    if (p.key().find("lora_magnitude_vector") != std::string::npos) {
+      EXPECT_TRUE(p.value().requires_grad()) << p.key();
+      start[p.key()] = p.value().detach().clone();
+    }
+  EXPECT_EQ(start.size(), static_cast<size_t>(tiny_config().n_layer));  // one per c_attn
+  train(a, data);
+  for (const auto& p : straight->named_parameters())
+    if (start.count(p.key())) {
+      EXPECT_FALSE(torch::equal(p.value(), start[p.key()])) << p.key();
+    }
+
+  const auto file = temp_file("dora_state.pt");
+  {
+    e2e::Trainer b(tiny_model(), o, data.size());
+    train(b, data, 3);
+    b.save_state(file);
+  }
+  expect_same_trainables(*straight, *resumed_to_end(file, o, data));
   fs::remove(file);
 }
 
