@@ -2,6 +2,8 @@
 // Helpers shared by the example tests (gpt2_tests, e2e_tests) and e2e-bench. Needs LORA_SOURCE_DIR
 // defined.
 
+#include <lora_test/errors.hpp>
+
 #include <cstdlib>
 #include <exception>
 #include <functional>
@@ -29,14 +31,6 @@ struct ScopedEnv {
   bool had_ = false;
 };
 
-/// The message of the exception `fn` throws ("" if none).
-inline std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using lora_test::error_of;  // the message of the exception `fn` throws ("" if none)
 
 }  // namespace example_test

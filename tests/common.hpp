@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <lora/lora.hpp>
+#include <lora_test/errors.hpp>
 #include <torch/version.h>
 
 #include <filesystem>
@@ -59,16 +60,6 @@ torch::Tensor numeric_gradient(torch::Tensor p, Loss&& loss) {
   return numeric;
 }
 
-/// Runs `fn` and returns the message of the exception of type E it throws ("" if none).
-template <class E, class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "";
-}
 
 /// Removes a folder and everything in it. Not std::filesystem::remove_all: the pip wheels of
 /// LibTorch 2.x export a statically linked copy of libstdc++'s filesystem code whose

@@ -6,7 +6,7 @@
 #include <lora/lora.hpp>
 
 #include "common.hpp"
-#include "spawn.hpp"
+#include <lora_test/spawn.hpp>
 
 
 #include <algorithm>

@@ -343,7 +343,7 @@ TEST_F(DoRATest, OperationsThatAssumeAnAdditiveUpdateRefuseDoRAByName) {
   lora::inject_lora(*m, lora::LoRAConfig().r(2).target_modules({"q", "v"}), "p");
   EXPECT_TRUE(has(error_of<std::invalid_argument>([&] { lora::set_adapter(*m, {"d", "p"}); }),
               "adapter 'd' is a DoRA adapter, which must be the only active adapter of its layer"));
-  EXPECT_TRUE(has(error_of<std::invalid_argument>([&] { lora::add_weighted_adapter(*m, {"p", "d"}, {0.5, 0.5}, "mix", "cat"); }),
+  EXPECT_TRUE(has(error_of<std::invalid_argument>([&] { lora::add_weighted_adapter(*m, {"p", "d"}, {0.5, 0.5}, "mix", lora::Combination::Cat); }),
               "adapter 'd' is a DoRA adapter"));
   m->eval();
   EXPECT_TRUE(has(error_of<std::invalid_argument>([&] { lora::AdapterPerRow route(*m, {"p", "d"}); }),

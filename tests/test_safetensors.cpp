@@ -149,7 +149,7 @@ TEST_F(SafetensorsTest, InterruptedSaveLeavesThePreviousFileIntact) {
   old.insert("w", torch::ones({3}));
   lora::save_safetensors(path, old);
   // An exception in the middle of writing the body.
-  EXPECT_THROW(st::atomic_write(path, [](std::FILE* f) {
+  EXPECT_THROW(lora::atomic_write(path, [](std::FILE* f) {
                  std::fputs("partial", f);
                  throw std::runtime_error("disk on fire");
                }),

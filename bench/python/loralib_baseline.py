@@ -7,6 +7,11 @@ against a frozen nn.Linear, each training step forward + backward with a dense r
 upstream gradient, the two layers interleaved one step each per pair. Prints the median
 per-pair ratio (LoRA / frozen) and each median time, like bench/bench_linear.cpp.
 
+DoRA as PEFT's DoraLinearLayer computes it (lora_weight = B(A(eye)).T, the norm of
+W0 + s·lora_weight detached, the base result reused without dropout and recomputed on the
+dropped-out input with it) is timed against the LoRA layer the same way: the Python side of
+BM_DoRAStepVsLoRAStep.
+
 Run with Debian's python3-torch (the same libtorch as the C++ build):
     /usr/bin/python3 bench/python/loralib_baseline.py [--seconds 6] [--tokens 4096]
 """
@@ -36,6 +41,31 @@ class LoraLinear(nn.Linear):
     def forward(self, x):
         result = F.linear(x, self.weight, bias=self.bias)
         return result + (self.lora_dropout(x) @ self.lora_A.transpose(0, 1) @ self.lora_B.transpose(0, 1)) * self.scaling
+
+
+class DoraLinear(LoraLinear):
+    """PEFT's Linear + DoraLinearLayer forward (tuners/lora/dora.py, variants.py), not merged."""
+
+    def __init__(self, d_in, d_out, r, alpha, dropout):
+        super().__init__(d_in, d_out, r, alpha, dropout)
+        self.dropout_p = dropout
+        with torch.no_grad():
+            norm = torch.linalg.norm(self.weight + self.scaling * (self.lora_B @ self.lora_A), dim=1)
+        self.magnitude = nn.Parameter(norm)
+
+    def forward(self, x):
+        result = F.linear(x, self.weight, bias=self.bias)
+        if self.dropout_p == 0 or not self.training:
+            base_result = result - self.bias
+        else:
+            x = self.lora_dropout(x)
+            base_result = F.linear(x, self.weight)
+        eye = torch.eye(self.lora_A.shape[1], dtype=x.dtype)
+        lora_weight = ((eye @ self.lora_A.T) @ self.lora_B.T).T
+        weight_norm = torch.linalg.norm(self.weight + self.scaling * lora_weight.detach(), dim=1).detach()
+        scale = (self.magnitude / weight_norm).view(1, -1)
+        lora_result = (x @ self.lora_A.T) @ self.lora_B.T
+        return result + (scale - 1) * base_result + scale * lora_result * self.scaling
 
 
 def pairs(base, lora, seconds):
@@ -88,6 +118,22 @@ def main():
 
         ratio, tb, tl, n = pairs(base_step, lora_step, a.seconds)
         print(f"python_loralib_step dropout={dropout}: ratio={ratio:.3f} base_ms={tb:.1f} lora_ms={tl:.1f} pairs={n}")
+
+    for dropout in (0.0, 0.1):
+        torch.manual_seed(0)
+        lora = LoraLinear(a.d, a.d, a.r, 16, dropout).train()
+        torch.manual_seed(0)
+        dora = DoraLinear(a.d, a.d, a.r, 16, dropout).train()
+
+        def step(layer):
+            x.grad = None
+            for p in (layer.lora_A, layer.lora_B, getattr(layer, "magnitude", None)):
+                if p is not None:
+                    p.grad = None
+            layer(x).backward(dy)
+
+        ratio, tb, tl, n = pairs(lambda: step(lora), lambda: step(dora), a.seconds)
+        print(f"python_peft_dora_step dropout={dropout}: ratio(DoRA/LoRA)={ratio:.3f} lora_ms={tb:.1f} dora_ms={tl:.1f} pairs={n}")
 
     with torch.no_grad():
         layer = LoraLinear(a.d, a.d, a.r, 16, 0.0).eval()

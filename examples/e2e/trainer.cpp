@@ -328,9 +328,9 @@ void Trainer::save_state(const std::string& file) const {
   if (device_.is_cuda()) archive.write("rng_cuda", rng_state(device_), true);
   // Streamed into the file (no copy of the state in memory: for full fine-tuning that is 3× the
   // weights), written atomically: a crash leaves the previous state whole.
-  lora::safetensors::atomic_write(file, [&](std::FILE* f) {
+  lora::atomic_write(file, [&](std::FILE* f) {
     archive.save_to([&](const void* data, size_t n) -> size_t {
-      lora::safetensors::write_bytes(f, data, n, file);
+      lora::write_bytes(f, data, n, file);
       return n;
     });
   });

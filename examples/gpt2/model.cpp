@@ -310,7 +310,7 @@ void GPT2LMHeadModelImpl::save_pretrained(const std::string& dir) const {
   std::filesystem::create_directories(dir);
   lora::save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
   const std::string json = config.to_json(), path = dir + "/config.json";
-  lora::safetensors::atomic_write(path, [&](std::FILE* f) { lora::safetensors::write_bytes(f, json.data(), json.size(), path); });
+  lora::write_text_file(path, json);
 }
 
 void GPT2LMHeadModelImpl::set_dropout(double embd, double attn, double resid) {

@@ -1,7 +1,9 @@
 #pragma once
 /// \file adapter_io.hpp
 /// Adapter files that HuggingFace PEFT reads and writes (`adapter_model.safetensors` +
-/// `adapter_config.json`), and a LibTorch-native archive of the adapter state.
+/// `adapter_config.json`, peft_config.hpp): one adapter (`save_adapter`, `load_adapter`, and
+/// `hotswap_adapter` into an existing one in place) or every named adapter of a model
+/// (`save_adapters`, `load_adapters`). The LibTorch-native archive is in archive.hpp.
 ///
 /// PEFT layout, for a module at path P (as named in the Python model):
 ///   `base_model.model.P.lora_A.weight` [r, in], `base_model.model.P.lora_B.weight` [out, r],
@@ -20,9 +22,7 @@
 /// such a file gives a whole-layer adapter with the same outputs.
 
 #include <lora/inject.hpp>
-#include <lora/embedding.hpp>
-#include <lora/linear.hpp>
-#include <lora/target.hpp>
+#include <lora/peft_config.hpp>
 #include <lora/tensor_file.hpp>
 
 #include <cmath>
@@ -93,27 +93,6 @@ namespace detail {
 
 constexpr const char* kPeftPrefix = "base_model.model.";
 
-inline std::string bias_name(Bias b) {
-  return b == Bias::All ? "all" : b == Bias::LoraOnly ? "lora_only" : "none";
-}
-
-inline std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read '" + path + "'");
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-inline void write_text(const std::string& path, const std::string& text) {
-  safetensors::atomic_write(path, [&](std::FILE* f) { safetensors::write_bytes(f, text.data(), text.size(), path); });
-}
-
-/// LoRA layers of the model by path, in model order.
-inline std::vector<std::pair<std::string, LoRALayer*>> lora_layers(torch::nn::Module& model) {
-  std::vector<std::pair<std::string, LoRALayer*>> out;
-  for_each_lora_layer(model, [&](const std::string& name, LoRALayer& l) { out.emplace_back(name, &l); });
-  return out;
-}
-
 }  // namespace detail
 
 /// Writes adapter `options.adapter_name()` of `model` to `dir` in PEFT's format:
@@ -144,7 +123,7 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
     if (o.use_rslora() != first->use_rslora() || o.dropout() != first->dropout() || o.use_dora() != first->use_dora())
       throw std::invalid_argument("save_adapter: module '" + path + "' differs from the others in use_rslora, "
                                   "dropout or use_dora, which PEFT's adapter_config.json cannot express per module");
-    const auto fa = layer->file_form(name);
+    const auto fa = layer->whole_layer_form(name);
     tensors.insert(detail::kPeftPrefix + fp + "." + layer->peft_key("A"), fa.A);
     tensors.insert(detail::kPeftPrefix + fp + "." + layer->peft_key("B"), fa.B);
     for (const auto& [key, t] : fa.extra) tensors.insert(detail::kPeftPrefix + fp + "." + key, t);
@@ -165,176 +144,63 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
   }
 
   // Global r / alpha from the first module; the others that differ go to the patterns.
-  const int64_t r = ranks[adapted.front()];
-  const double alpha = alphas[adapted.front()];
-  nlohmann::ordered_json rank_pattern = nlohmann::ordered_json::object(), alpha_pattern = nlohmann::ordered_json::object();
+  PeftConfig cfg;
+  cfg.r = ranks[adapted.front()];
+  cfg.alpha = alphas[adapted.front()];
   for (const auto& fp : adapted) {
-    if (ranks[fp] != r) rank_pattern[fp] = ranks[fp];
-    if (alphas[fp] != alpha) alpha_pattern[fp] = alphas[fp];
+    if (ranks[fp] != cfg.r) cfg.rank_pattern.emplace_back(fp, ranks[fp]);
+    if (alphas[fp] != cfg.alpha) cfg.alpha_pattern.emplace_back(fp, alphas[fp]);
   }
   // target_modules: the last name components when they select exactly the adapted
   // layers, else the full paths.
-  std::vector<std::string> targets;
   for (const auto& fp : adapted) {
     const std::string last = fp.substr(fp.find_last_of('.') + 1);
-    if (std::find(targets.begin(), targets.end(), last) == targets.end()) targets.push_back(last);
+    if (std::find(cfg.target_modules.begin(), cfg.target_modules.end(), last) == cfg.target_modules.end())
+      cfg.target_modules.push_back(last);
   }
-  const TargetSelector rule(targets, "");
+  const TargetSelector rule(cfg.target_modules, "");
   for (const auto& fp : all_files)
     if (rule.selects(fp) != (std::find(adapted.begin(), adapted.end(), fp) != adapted.end())) {
-      targets = adapted;
+      cfg.target_modules = adapted;
       break;
     }
-
-  nlohmann::ordered_json cfg;
-  cfg["peft_type"] = "LORA";
-  cfg["base_model_name_or_path"] = options.base_model_name_or_path().empty() ? nlohmann::ordered_json(nullptr)
-                                                                             : nlohmann::ordered_json(options.base_model_name_or_path());
-  cfg["task_type"] = options.task_type().empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(options.task_type());
-  cfg["inference_mode"] = true;
-  cfg["r"] = r;
-  cfg["lora_alpha"] = alpha;
-  cfg["lora_dropout"] = first->dropout();
-  cfg["use_rslora"] = first->use_rslora();
-  cfg["use_dora"] = first->use_dora();
-  cfg["target_modules"] = targets;
-  cfg["bias"] = detail::bias_name(options.bias());
-  cfg["fan_in_fan_out"] = options.fan_in_fan_out();
-  cfg["init_lora_weights"] = first->init() == Init::Gaussian ? nlohmann::ordered_json("gaussian")
-                                                             : nlohmann::ordered_json(first->init() != Init::Random);
-  cfg["rank_pattern"] = rank_pattern;
-  cfg["alpha_pattern"] = alpha_pattern;
-  cfg["modules_to_save"] = nullptr;
-  cfg["layers_to_transform"] = nullptr;
+  cfg.has_targets = true;
+  cfg.dropout = first->dropout();
+  cfg.use_rslora = first->use_rslora();
+  cfg.use_dora = first->use_dora();
+  cfg.bias = options.bias();
+  cfg.base_model_name_or_path = options.base_model_name_or_path();
+  cfg.task_type = options.task_type();
+  cfg.fan_in_fan_out = options.fan_in_fan_out();
+  cfg.init = first->init();
 
   std::filesystem::create_directories(dir);
   save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
-  detail::write_text(dir + "/adapter_config.json", cfg.dump(2) + "\n");
+  write_text_file(dir + "/adapter_config.json", cfg.dump());
 }
+
 
 namespace detail {
 
-/// The arithmetic an adapter_config.json asks for, checked against the keys policy.
-struct PeftConfig {
-  int64_t r = 8;
-  double alpha = 8;
-  double dropout = 0;
-  bool use_rslora = false;
-  bool use_dora = false;  // DoRA: every adapted module has a lora_magnitude_vector tensor
-  Bias bias = Bias::None;
-  PatternMap<int64_t> rank_pattern;  // PEFT's per-module overrides, compiled, in the file's order
-  PatternMap<double> alpha_pattern;
-  bool has_targets = false;  // target_modules present (not null)
-  TargetSelector targets;
-  bool ensure_weight_tying = false;  // PEFT ties the adapters of tied layers (embedding + head): refused on a tied layer
-
-  int64_t rank_for(const std::string& name) const { return rank_pattern.value_for(name, r); }
-  double alpha_for(const std::string& name) const { return alpha_pattern.value_for(name, alpha); }
+/// A PEFT adapter folder read and checked against a model's layers, before anything changes.
+struct AdapterPlan {
+  struct Layer {
+    std::string path, file_path;  ///< module path in the model and in the file
+    LoRALayer* layer = nullptr;
+    torch::Tensor A, B, magnitude;  ///< in the file's form; magnitude only for DoRA
+    AdapterOptions options;         ///< r, alpha, dropout, rsLoRA, DoRA, dtype the config gives the layer
+  };
+  PeftConfig config;
+  std::vector<Layer> layers;                                  ///< by model path
+  std::vector<std::pair<std::string, torch::Tensor>> biases;  ///< model parameter name, value
 };
 
-inline bool is_default_value(const nlohmann::ordered_json& v) {
-  return v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_object() && v.empty()) || (v.is_array() && v.empty());
-}
-
-inline PeftConfig parse_peft_config(const std::string& path) {
-  nlohmann::ordered_json j;  // keys in the file's order: rank_pattern / alpha_pattern precedence depends on it
-  try {
-    j = nlohmann::ordered_json::parse(read_text(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw std::runtime_error("'" + path + "' is not a JSON object");
-  auto bad = [&](const std::string& key, const std::string& why) {
-    return std::runtime_error("'" + path + "': key '" + key + "' " + why);
-  };
-  PeftConfig c;
-  // Keys that do not change the arithmetic of a trained adapter: read or ignored knowingly.
-  static const std::set<std::string> harmless = {
-      "peft_type", "base_model_name_or_path", "task_type", "inference_mode", "revision", "peft_version",
-      "auto_mapping", "r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "bias", "target_modules",
-      "exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
-      "fan_in_fan_out", "init_lora_weights", "megatron_config", "megatron_core", "eva_config", "corda_config",
-      "qalora_group_size"};
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (harmless.count(it.key()) || is_default_value(it.value())) continue;
-    if (it.key() == "ensure_weight_tying" && it.value().is_boolean()) {  // true: checked per layer by load_adapter
-      c.ensure_weight_tying = true;
-      continue;
-    }
-    if (it.key() == "modules_to_save")
-      throw bad(it.key(), "is set: modules_to_save (fully trained extra modules) is not supported yet");
-    throw bad(it.key(), "has a non-default value (" + it.value().dump() +
-                            ") that changes the adapter's arithmetic, which this loader does not implement");
-  }
-  if (!j.contains("peft_type") || j["peft_type"] != "LORA")
-    throw bad("peft_type", "must be \"LORA\": this is not a LoRA adapter");
-
-  try {
-    if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<int64_t>() <= 0)
-      throw bad("r", "must be a positive integer");
-    c.r = j["r"].get<int64_t>();
-    c.alpha = j.contains("lora_alpha") && !j["lora_alpha"].is_null() ? j["lora_alpha"].get<double>() : 8.0;
-    c.dropout = j.contains("lora_dropout") && !j["lora_dropout"].is_null() ? j["lora_dropout"].get<double>() : 0.0;
-    c.use_rslora = j.value("use_rslora", false);
-    c.use_dora = j.contains("use_dora") && !j["use_dora"].is_null() && j["use_dora"].get<bool>();
-    const std::string bias = j.contains("bias") && j["bias"].is_string() ? j["bias"].get<std::string>() : "none";
-    if (bias == "all") c.bias = Bias::All;
-    else if (bias == "lora_only") c.bias = Bias::LoraOnly;
-    else if (bias != "none") throw bad("bias", "must be none, all or lora_only");
-    for (const auto* key : {"rank_pattern", "alpha_pattern"})
-      if (j.contains(key) && !j[key].is_null())
-        for (auto it = j[key].begin(); it != j[key].end(); ++it) {
-          if (std::string(key) == "rank_pattern") c.rank_pattern.add(it.key(), it.value().get<int64_t>(), key);
-          else c.alpha_pattern.add(it.key(), it.value().get<double>(), key);
-        }
-    auto strings = [&](const char* key) {
-      std::vector<std::string> out;
-      if (j.contains(key) && j[key].is_array())
-        for (const auto& s : j[key]) out.push_back(s.get<std::string>());
-      return out;
-    };
-    std::vector<std::string> names;
-    std::string regex;
-    if (j.contains("target_modules") && !j["target_modules"].is_null()) {
-      c.has_targets = true;
-      if (j["target_modules"].is_string()) regex = j["target_modules"].get<std::string>();
-      else names = strings("target_modules");
-    }
-    if (j.contains("exclude_modules") && j["exclude_modules"].is_string())
-      throw bad("exclude_modules", "as a regex string is not supported; list the module names");
-    std::vector<int64_t> layers;
-    if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
-      if (j["layers_to_transform"].is_number_integer()) layers.push_back(j["layers_to_transform"].get<int64_t>());
-      else for (const auto& v : j["layers_to_transform"]) layers.push_back(v.get<int64_t>());
-    }
-    std::string layers_pattern;
-    if (j.contains("layers_pattern") && j["layers_pattern"].is_string()) layers_pattern = j["layers_pattern"].get<std::string>();
-    c.targets = TargetSelector(names, regex, strings("exclude_modules"), layers, layers_pattern);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + path + "': a value has the wrong type: " + e.what());
-  } catch (const std::invalid_argument& e) {  // a bad regex in target_modules, a pattern key or layers_pattern
-    throw std::runtime_error("'" + path + "': " + e.what());
-  }
-  return c;
-}
-
-}  // namespace detail
-
-/// Loads a PEFT LoRA adapter from `dir` into the model's LoRA-capable layers, strictly:
-/// a tensor that maps to no LoRA layer, a targeted layer without tensors, a layer with
-/// only A or only B, or a shape that differs from the config's r and the base layer is
-/// an error naming the tensor and the likely cause; nothing is changed then.
-/// Reads `adapter_config.json` (r, lora_alpha, use_rslora, rank/alpha patterns give each
-/// layer's scaling; see the key policy in docs/adapters.md) and `adapter_model.safetensors`.
-///
-/// Example:
-/// \code
-///   lora::load_adapter(*model, "out/adapter");                                  // frozen, active
-///   lora::load_adapter(*model, "other", lora::LoadAdapterOptions().adapter_name("task2").activate(false));
-/// \endcode
-inline InjectReport load_adapter(torch::nn::Module& model, const std::string& dir,
-                                 const LoadAdapterOptions& options = LoadAdapterOptions()) {
-  const std::string& name = options.adapter_name();
+/// Reads `dir` for `model` with every check that does not depend on the adapters the model
+/// already has: a tensor that maps to no LoRA layer, a targeted layer without tensors, a layer
+/// with only A or only B, a DoRA magnitude without use_dora (or the reverse), or a shape that
+/// differs from the config's r and the base layer is an error naming the tensor and the likely cause.
+inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir, const NameMap& names,
+                                c10::optional<torch::Dtype> dtype_override) {
   const std::string cfg_path = dir + "/adapter_config.json", st_path = dir + "/adapter_model.safetensors";
   if (!std::filesystem::exists(cfg_path))
     throw std::runtime_error("'" + cfg_path + "' not found: is '" + dir + "' a PEFT adapter folder?");
@@ -344,10 +210,12 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
                                   ? std::string(": only the pickle adapter_model.bin is there, which is not read (it can "
                                                 "run code); re-save it with safe_serialization=True")
                                   : std::string()));
-  const auto cfg = detail::parse_peft_config(cfg_path);
+  AdapterPlan plan;
+  plan.config = PeftConfig::read(cfg_path);
+  const PeftConfig& cfg = plan.config;
   const safetensors::File file(st_path);
 
-  auto model_path = [&](const std::string& fp) { return options.name_map().model_name(fp); };
+  auto model_path = [&](const std::string& fp) { return names.model_name(fp); };
   auto layers = detail::lora_layers(model);
   std::map<std::string, LoRALayer*> by_path(layers.begin(), layers.end());
   std::vector<std::string> layer_names;
@@ -365,7 +233,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
   static const std::regex linear_key(R"(^(.+)\.lora_([AB])(?:\.([^.]+))?\.weight$)");
   static const std::regex embedding_key(R"(^(.+)\.lora_embedding_([AB])(?:\.([^.]+))?$)");
   static const std::regex magnitude_key(R"(^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$)");
-  const std::string prefix = detail::kPeftPrefix;
+  const std::string prefix = kPeftPrefix;
   for (const auto& t : file.tensors()) {
     if (t.name.compare(0, prefix.size(), prefix) != 0)
       throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' does not start with '" + prefix +
@@ -388,7 +256,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     if (it == by_path.end())
       throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' belongs to module '" + path +
                                "', which is not a LoRA-capable layer of this model (different base model, or a "
-                               "missing name mapping?). LoRA layers: " + detail::list_names(layer_names));
+                               "missing name mapping?). LoRA layers: " + list_names(layer_names));
     if (is_magnitude) {
       if (!cfg.use_dora)
         throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' is a DoRA magnitude, but adapter_config.json "
@@ -404,7 +272,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
       continue;
     }
     const std::string key_kind = is_linear ? "Linear" : "Embedding";  // PEFT's two key forms
-    if (it->second->kind() != key_kind)
+    if (it->second->peft_key_form() != key_kind)
       throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' has the key form of " + (is_linear ? "a Linear" : "an Embedding") +
                                " adapter but module '" + path + "' is " + it->second->describe());
     auto& p = pending[path];
@@ -421,13 +289,12 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
   std::vector<std::string> targeted_missing;
   if (cfg.has_targets)
     for (const auto& [path, layer] : layers)
-      if (cfg.targets.selects(options.name_map().file_name(path)) && !pending.count(path)) targeted_missing.push_back(path);
+      if (cfg.selector().selects(names.file_name(path)) && !pending.count(path)) targeted_missing.push_back(path);
   if (!targeted_missing.empty())
-    throw std::runtime_error("'" + st_path + "' has no tensors for " + detail::list_names(targeted_missing) +
+    throw std::runtime_error("'" + st_path + "' has no tensors for " + list_names(targeted_missing) +
                              ", which adapter_config.json's target_modules selects: truncated file, or a different "
                              "base model?");
 
-  std::vector<AdapterOptions> resolved;
   for (auto& [path, p] : pending) {
     const std::string where = "'" + st_path + "': module '" + p.file_path + "'";
     if (!p.A && !p.B)
@@ -440,9 +307,9 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
                                "needs: a truncated file, or a plain LoRA adapter whose config says use_dora?");
     if (p.magnitude && p.magnitude->shape != std::vector<int64_t>{p.layer->output_features()})
       throw std::runtime_error("'" + st_path + "': tensor '" + p.magnitude->name + "' has shape " +
-                               detail::shape_str(p.magnitude->shape) + ", expected [" + std::to_string(p.layer->output_features()) +
+                               shape_str(p.magnitude->shape) + ", expected [" + std::to_string(p.layer->output_features()) +
                                "] (one per output feature of " + p.layer->describe() + "): different base model?");
-    if (cfg.has_targets && !cfg.targets.selects(p.file_path))
+    if (cfg.has_targets && !cfg.selector().selects(p.file_path))
       throw std::runtime_error(where + " has tensors but adapter_config.json's target_modules does not select it");
     const int64_t r = cfg.rank_for(p.file_path);
     const std::vector<int64_t> want_A = p.layer->file_shape("A", r), want_B = p.layer->file_shape("B", r);
@@ -456,50 +323,79 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
         if (got_r != r && other == want_other)
           hint = "was this adapter trained with r=" + std::to_string(got_r) + "? adapter_config.json says r=" + std::to_string(r);
       }
-      throw std::runtime_error("'" + st_path + "': tensor '" + view->name + "' has shape " + detail::shape_str(view->shape) +
-                               ", expected " + detail::shape_str(want) + ": " + hint);
+      throw std::runtime_error("'" + st_path + "': tensor '" + view->name + "' has shape " + shape_str(view->shape) +
+                               ", expected " + shape_str(want) + ": " + hint);
     }
     if (cfg.ensure_weight_tying && !p.layer->tied_to().empty())
       throw std::runtime_error(where + " is tied to '" + p.layer->tied_to() + "' and adapter_config.json sets "
                                "ensure_weight_tying, which gives '" + p.layer->tied_to() + "' the same adapter: this "
                                "loader does not implement tied adapters (train without ensure_weight_tying, or "
                                "without an adapter on the tied layer)");
-    if (p.layer->merged())
-      throw std::runtime_error("load_adapter: module '" + path + "' is merged; unmerge before loading an adapter");
-    if (p.layer->has_adapter(name) && options.if_exists() == IfExists::Error)
-      throw std::runtime_error("load_adapter: module '" + path + "' already has adapter '" + name +
-                               "'; load it under another adapter_name, or pass if_exists(IfExists::Replace)");
-    const auto dtype = options.dtype() ? *options.dtype() : detail::to_torch(p.A->dtype);
+    const auto dtype = dtype_override ? *dtype_override : to_torch(p.A->dtype);
     if (!torch::isFloatingType(dtype))
       throw std::runtime_error("'" + st_path + "': tensor '" + p.A->name + "' is not floating point");
-    resolved.push_back(AdapterOptions(r).alpha(cfg.alpha_for(p.file_path)).dropout(cfg.dropout).use_rslora(cfg.use_rslora).dtype(dtype).use_dora(cfg.use_dora));
+    AdapterPlan::Layer l;
+    l.path = path;
+    l.file_path = p.file_path;
+    l.layer = p.layer;
+    l.A = to_tensor(*p.A);
+    l.B = to_tensor(*p.B);
+    if (p.magnitude) l.magnitude = to_tensor(*p.magnitude);
+    l.options = AdapterOptions(r).alpha(cfg.alpha_for(p.file_path)).dropout(cfg.dropout).use_rslora(cfg.use_rslora)
+                    .dtype(dtype).use_dora(cfg.use_dora);
+    plan.layers.push_back(std::move(l));
   }
   if (pending.empty()) throw std::runtime_error("'" + st_path + "' holds no LoRA tensors");
   auto params = model.named_parameters(/*recurse=*/true);
   for (const auto& [bias_path, view] : biases)
     if (!params.contains(bias_path) || params[bias_path].sizes() != torch::IntArrayRef(view->shape))
       throw std::runtime_error("'" + st_path + "': tensor '" + view->name + "' has no matching bias of shape " +
-                               detail::shape_str(view->shape) + " in the model (looked for '" + bias_path + "')");
+                               shape_str(view->shape) + " in the model (looked for '" + bias_path + "')");
 
+  for (const auto& [bias_path, view] : biases) plan.biases.emplace_back(bias_path, to_tensor(*view));
+  return plan;
+}
+
+}  // namespace detail
+
+/// Loads a PEFT LoRA adapter from `dir` into the model's LoRA-capable layers, strictly (see
+/// detail::read_adapter and docs/adapters.md); on any error nothing is changed. Reads
+/// `adapter_config.json` (r, lora_alpha, use_rslora, use_dora, rank/alpha patterns give each
+/// layer's options; the key policy is in peft_config.hpp) and `adapter_model.safetensors`.
+///
+/// Example:
+/// \code
+///   lora::load_adapter(*model, "out/adapter");                                  // frozen, active
+///   lora::load_adapter(*model, "other", lora::LoadAdapterOptions().adapter_name("task2").activate(false));
+/// \endcode
+inline InjectReport load_adapter(torch::nn::Module& model, const std::string& dir,
+                                 const LoadAdapterOptions& options = LoadAdapterOptions()) {
+  const std::string& name = options.adapter_name();
+  const auto plan = detail::read_adapter(model, dir, options.name_map(), options.dtype());
+  for (const auto& l : plan.layers) {
+    if (l.layer->merged())
+      throw std::runtime_error("load_adapter: module '" + l.path + "' is merged; unmerge before loading an adapter");
+    if (l.layer->has_adapter(name) && options.if_exists() == IfExists::Error)
+      throw std::runtime_error("load_adapter: module '" + l.path + "' already has adapter '" + name +
+                               "'; load it under another adapter_name, or pass if_exists(IfExists::Replace)");
+  }
   // Everything checked: now change the model.
   InjectReport report;
   report.adapter_name = name;
-  size_t i = 0;
   torch::NoGradGuard no_grad;
-  for (auto& [path, p] : pending) {
-    if (p.layer->has_adapter(name)) p.layer->delete_adapter(name);
-    p.layer->add_adapter(name, resolved[i++]);
-    for (const auto* view : {p.A, p.B}) {
-      torch::Tensor& dst = view == p.A ? p.layer->lora_A(name) : p.layer->lora_B(name);
-      dst.copy_(to_tensor(*view));
-    }
-    if (p.magnitude) p.layer->variant(name)->load_file_tensor(DoRAImpl::kFileKey, to_tensor(*p.magnitude));
-    if (options.activate()) p.layer->set_active_adapters({name});
-    report.adapted.push_back(path);
+  for (const auto& l : plan.layers) {
+    if (l.layer->has_adapter(name)) l.layer->delete_adapter(name);
+    l.layer->add_adapter(name, l.options);
+    l.layer->lora_A(name).copy_(l.A);
+    l.layer->lora_B(name).copy_(l.B);
+    if (l.magnitude.defined()) l.layer->variant(name)->load_file_tensor(DoRAImpl::kFileKey, l.magnitude);
+    if (options.activate()) l.layer->set_active_adapters({name});
+    report.adapted.push_back(l.path);
   }
-  for (const auto& [bias_path, view] : biases) params[bias_path].copy_(to_tensor(*view));
+  auto params = model.named_parameters(/*recurse=*/true);
+  for (const auto& [bias_path, value] : plan.biases) params[bias_path].copy_(value);
   if (options.trainable())
-    mark_only_lora_as_trainable(model, cfg.bias, name);
+    mark_only_lora_as_trainable(model, plan.config.bias, name);
   else
     for (auto& p : model.parameters(/*recurse=*/true)) p.requires_grad_(false);
   for (const auto& p : model.parameters(/*recurse=*/true)) {
@@ -509,65 +405,103 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
   return report;
 }
 
-/// Saves `lora_state_dict(model, bias, adapter)` as a LibTorch archive (names kept), atomically.
-/// Reload it with `load_lora_state` into a model injected with the same config.
-inline void save_lora_state(torch::nn::Module& model, const std::string& path, const std::string& adapter = "",
-                            Bias bias = Bias::None) {
-  const auto state = lora_state_dict(model, bias, adapter);
-  if (state.is_empty()) throw std::invalid_argument("save_lora_state: the model has no adapter parameters to save");
-  torch::serialize::OutputArchive archive;
-  for (const auto& item : state) archive.write(item.key(), item.value().detach());
-  safetensors::atomic_write(path, [&](std::FILE* f) {
-    archive.save_to([&](const void* data, size_t n) {
-      safetensors::write_bytes(f, data, n, path);
-      return n;
-    });
-  });
-}
-
-/// Loads an archive written by `save_lora_state` as strictly as `load_adapter`: the
-/// archive's names must be exactly `lora_state_dict(model, bias, adapter)`'s and every
-/// shape must match; otherwise nothing is changed and the error names the tensors.
-inline void load_lora_state(torch::nn::Module& model, const std::string& path, const std::string& adapter = "",
-                            Bias bias = Bias::None) {
-  if (!std::filesystem::exists(path)) throw std::runtime_error("'" + path + "' not found");
-  torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path);
-  } catch (const c10::Error& e) {
-    throw std::runtime_error("'" + path + "' is not a LibTorch archive (truncated?): " + e.what_without_backtrace());
-  }
-  auto state = lora_state_dict(model, bias, adapter);
-  std::vector<std::string> unexpected, missing;
-  for (const auto& key : archive.keys())
-    if (!state.contains(key)) unexpected.push_back(key);
-  std::map<std::string, torch::Tensor> loaded;
-  for (const auto& item : state) {
-    torch::Tensor t;
-    if (!archive.try_read(item.key(), t)) {
-      missing.push_back(item.key());
-      continue;
-    }
-    if (t.sizes() != item.value().sizes())
-      throw std::runtime_error("'" + path + "': tensor '" + item.key() + "' has shape " + detail::shape_str(t.sizes()) +
-                               ", the model expects " + detail::shape_str(item.value().sizes()) +
-                               ": saved from a model injected with another r or base model?");
-    loaded[item.key()] = t;
-  }
-  if (!unexpected.empty() || !missing.empty()) {
-    auto dora = [](const std::vector<std::string>& names) {
-      for (const auto& n : names)
-        if (n.find(std::string(DoRAImpl::kFileKey) + ".") != std::string::npos) return true;
-      return false;
-    };
-    const std::string hint = dora(unexpected) ? ": the archive holds DoRA magnitudes, the model's adapter is plain LoRA (inject with use_dora(true))"
-                             : dora(missing) ? ": the model's adapter is DoRA, the archive's is plain LoRA (inject without use_dora)"
-                                             : " (inject the model with the config it was saved from)";
-    throw std::runtime_error("'" + path + "' does not match the model's adapters: unexpected " +
-                             detail::list_names(unexpected) + "; missing " + detail::list_names(missing) + hint);
+/// Loads the adapter in `dir` into the existing adapter `name` in place (PEFT's
+/// `hotswap_adapter`): the A and B tensors keep their storage, so anything captured on them (a
+/// CUDA graph, a compiled module) keeps working; nothing else of the model changes but the
+/// biases the file carries (copied in place too). The file's rank may be smaller than the slot's:
+/// A and B are zero-padded, and B is multiplied by s_file / s_slot so the slot's scaling gives the
+/// file's update exactly. The file must adapt exactly the layers that have `name`, with
+/// whole-layer adapters (a slot with a slice mask is refused: load such an adapter from its file,
+/// which holds the whole-layer form); DoRA adapters, in the slot or the file, are refused (the
+/// magnitude would be left behind). On any error the model is unchanged.
+inline void hotswap_adapter(torch::nn::Module& model, const std::string& dir, const std::string& name) {
+  const std::string where = "hotswap_adapter('" + dir + "' into '" + name + "')";
+  const auto plan = detail::read_adapter(model, dir, NameMap(), c10::nullopt);
+  std::map<LoRALayer*, const detail::AdapterPlan::Layer*> incoming;
+  for (const auto& l : plan.layers) incoming[l.layer] = &l;
+  for (const auto& [path, layer] : detail::lora_layers(model)) {
+    const bool slot = layer->has_adapter(name), file = incoming.count(layer) > 0;
+    if (slot != file)
+      throw std::invalid_argument(where + ": module '" + path + "' " +
+                                  (slot ? "has the slot but the file has no tensors for it"
+                                        : "has tensors in the file but no adapter '" + name + "' to swap into") +
+                                  ": the two adapters target different modules");
+    if (!slot) continue;
+    if (layer->merged()) throw std::logic_error(where + ": module '" + path + "' is merged; unmerge() first");
+    if (const AdapterVariant* v = layer->variant(name))
+      throw std::invalid_argument(where + ": module '" + path + "': the slot is a " + v->variant_name() + " adapter; " +
+                                  "hot-swapping copies A and B into the slot in place, which would leave its magnitude " +
+                                  "behind: load it with load_adapter(...if_exists(IfExists::Replace))");
+    if (plan.config.use_dora)
+      throw std::invalid_argument(where + ": module '" + path + "': the file is a DoRA adapter; hot-swapping copies A and "
+                                  "B into the slot in place, which would leave its magnitude behind: load it with "
+                                  "load_adapter(...if_exists(IfExists::Replace))");
+    if (!layer->adapter_options(name).enable().empty())
+      throw std::invalid_argument(where + ": module '" + path + "': adapter '" + name + "' has a slice mask; hot-swapping "
+                                  "needs a whole-layer slot (load the first adapter from its file)");
+    const int64_t R = layer->adapter_options(name).r(), r = incoming[layer]->options.r();
+    if (r > R)
+      throw std::invalid_argument(where + ": module '" + path + "': the file's rank " + std::to_string(r) +
+                                  " exceeds the slot's rank " + std::to_string(R) + " (load it as a new adapter, or make the slot larger)");
   }
   torch::NoGradGuard no_grad;
-  for (auto& item : state) item.value().copy_(loaded[item.key()]);
+  for (const auto& l : plan.layers) {
+    const int64_t r = l.options.r();
+    torch::Tensor& A = l.layer->lora_A(name);
+    torch::Tensor& B = l.layer->lora_B(name);
+    const double ratio = l.options.scaling() / l.layer->scaling(name);
+    A.zero_();
+    B.zero_();
+    A.narrow(0, 0, r).copy_(l.A);
+    B.narrow(1, 0, r).copy_(l.B.to(torch::kFloat64).mul(ratio));
+  }
+  auto params = model.named_parameters(/*recurse=*/true);
+  for (const auto& [bias_path, value] : plan.biases) params[bias_path].copy_(value);
+}
+
+/// Saves every named adapter of the model in PEFT's layout: "default" (or, without one, the
+/// first name) at the top of `dir`, each other adapter in `dir/<name>/`, as
+/// `PeftModel.save_pretrained` does. Returns the folders written, the top one first, then by name.
+inline std::vector<std::string> save_adapters(torch::nn::Module& model, const std::string& dir,
+                                              SaveAdapterOptions options = SaveAdapterOptions()) {
+  std::vector<std::string> names;
+  for (const auto& [path, layer] : detail::lora_layers(model))
+    for (const auto& n : layer->adapter_names())
+      if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+  if (names.empty()) throw std::invalid_argument("save_adapters: the model has no adapters");
+  const std::string top = std::find(names.begin(), names.end(), "default") != names.end() ? "default" : names.front();
+  std::sort(names.begin(), names.end(), [&](const std::string& a, const std::string& b) {
+    return (a == top) != (b == top) ? a == top : a < b;  // the top adapter first, then by name
+  });
+  std::vector<std::string> written;
+  for (const auto& n : names) {
+    const std::string folder = n == top ? dir : dir + "/" + n;
+    save_adapter(model, folder, options.adapter_name(n));
+    written.push_back(folder);
+  }
+  return written;
+}
+
+/// Loads a folder written by save_adapters (or by PEFT with several adapters): the adapter at the
+/// top as `top_name`, each subfolder holding adapter_config.json as the adapter of its name. The
+/// top one is activated. Returns the names loaded.
+inline std::vector<std::string> load_adapters(torch::nn::Module& model, const std::string& dir,
+                                              const std::string& top_name = "default") {
+  std::vector<std::string> loaded;
+  if (std::filesystem::exists(dir + "/adapter_config.json")) {
+    load_adapter(model, dir, LoadAdapterOptions().adapter_name(top_name));
+    loaded.push_back(top_name);
+  }
+  std::vector<std::string> subs;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.is_directory() && std::filesystem::exists(e.path() / "adapter_config.json")) subs.push_back(e.path().filename().string());
+  std::sort(subs.begin(), subs.end());
+  for (const auto& n : subs) {
+    load_adapter(model, dir + "/" + n, LoadAdapterOptions().adapter_name(n).activate(false));
+    loaded.push_back(n);
+  }
+  if (loaded.empty()) throw std::runtime_error("load_adapters: '" + dir + "' holds no adapter_config.json, at the top or in a subfolder");
+  return loaded;
 }
 
 }  // namespace lora

@@ -26,7 +26,7 @@ namespace lora {
 ///   wte->set_active_adapters({"default"});
 ///   auto h = wte(torch::tensor({{15496, 11}}));  // [1, 2, 768]
 /// \endcode
-class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
+class LoRAEmbeddingImpl : public LoRAModule<LoRAEmbeddingImpl> {
  public:
   LoRAEmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
       : LoRAEmbeddingImpl(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim)) {}
@@ -131,7 +131,7 @@ class LoRAEmbeddingImpl : public detail::LoRAModule<LoRAEmbeddingImpl> {
   /// Output-major E is Eᵀ [embedding_dim, num_embeddings]: DoRA's norm runs over the vocabulary.
   torch::Tensor output_major(const torch::Tensor& w) const override { return w.t(); }
 
-  std::string kind() const override { return "Embedding"; }
+  std::string peft_key_form() const override { return "Embedding"; }
   std::string peft_key(const std::string& which) const override { return "lora_embedding_" + which; }
   std::vector<int64_t> file_shape(const std::string& which, int64_t r) const override {
     return which == "A" ? std::vector<int64_t>{r, options.num_embeddings()} : std::vector<int64_t>{options.embedding_dim(), r};

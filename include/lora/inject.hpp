@@ -45,13 +45,6 @@ namespace detail {
 
 using lora::with_commas;
 
-inline std::string list_names(const std::vector<std::string>& names, size_t most = 40) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < most; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > most) out += ", ... (" + std::to_string(names.size() - most) + " more)";
-  return out.empty() ? "none" : out;
-}
-
 inline std::string plain_layer_error(const std::string& name, const std::string& type, const std::string& lora_type) {
   return "inject_lora: module '" + name + "' matches the targets but is a plain " + type +
          ". LibTorch cannot swap it for a LoRA layer after construction (forward() is not virtual and "

@@ -154,32 +154,41 @@ class LoRALayer {
   /// the registered buffers) so that `unmerge()` restores it bit for bit; pass
   /// `keep_copy = false` when the merge is final (merge_and_unload).
   void merge(bool safe = false, bool keep_copy = true) {
-    std::vector<std::string> todo;
+    PendingMerge pending = prepare_merge();
+    if (safe && !pending.finite())
+      throw std::runtime_error(describe() + ": merging adapter(s) " + join(pending.names) +
+                               " would put NaN/Inf into the weight; the weight was left untouched");
+    commit_merge(pending, keep_copy);
+  }
+
+  /// A merge in two steps, so that a model-level safe merge checks every layer before writing
+  /// any, building each merged weight once: the weight merging the active, not yet merged
+  /// adapters gives (`weight` undefined when there are none), then `commit_merge` writes it.
+  struct PendingMerge {
+    std::vector<std::string> names;
+    torch::Tensor weight;
+    bool finite() const { return !weight.defined() || torch::isfinite(weight).all().item<bool>(); }
+  };
+  PendingMerge prepare_merge() {
+    PendingMerge p;
     for (const auto& n : active_)
-      if (!is_merged(n)) todo.push_back(n);
-    if (todo.empty()) return;
+      if (!is_merged(n)) p.names.push_back(n);
+    if (p.names.empty()) return p;
+    torch::NoGradGuard no_grad;
+    p.weight = merged_weight(p.names);
+    return p;
+  }
+  void commit_merge(const PendingMerge& p, bool keep_copy) {
+    if (!p.weight.defined()) return;
     torch::NoGradGuard no_grad;
     torch::Tensor& w = base_weight();
-    torch::Tensor merged = merged_weight(todo);
-    if (safe && !torch::isfinite(merged).all().item<bool>())
-      throw std::runtime_error(describe() + ": merging adapter(s) " + join(todo) +
-                               " would put NaN/Inf into the weight; the weight was left untouched");
     if (!tied_to_.empty())
-      TORCH_WARN(describe(), ": its weight is tied to '", tied_to_, "', so merging adapter(s) ", join(todo),
+      TORCH_WARN(describe(), ": its weight is tied to '", tied_to_, "', so merging adapter(s) ", join(p.names),
                  " changes '", tied_to_, "' too, which the unmerged adapter does not: the merged model's outputs "
                  "differ from the adapter's (see huggingface/peft#2018)");
     if (keep_copy && !unmerged_weight_.defined()) unmerged_weight_ = w.detach().clone();
-    w.copy_(merged);
-    merged_.insert(merged_.end(), todo.begin(), todo.end());
-  }
-
-  /// True when merging the active adapters would give a finite weight.
-  bool merge_is_finite() {
-    torch::NoGradGuard no_grad;
-    std::vector<std::string> todo;
-    for (const auto& n : active_)
-      if (!is_merged(n)) todo.push_back(n);
-    return todo.empty() || torch::isfinite(merged_weight(todo)).all().item<bool>();
+    w.copy_(p.weight);
+    merged_.insert(merged_.end(), p.names.begin(), p.names.end());
   }
 
   /// Restores the weight saved by `merge()` exactly. Unmerging an unmerged layer does nothing.
@@ -217,24 +226,26 @@ class LoRALayer {
 
   // ---- how PEFT files hold this layer's adapters (adapter_io.hpp asks, never casts) ----
 
-  /// The kind of layer, as PEFT's file keys tell it: "Linear" or "Embedding".
-  virtual std::string kind() const = 0;
+  /// Which of PEFT's two key forms this layer's tensors take: "Linear" (`lora_A.weight`) or
+  /// "Embedding" (`lora_embedding_A`).
+  virtual std::string peft_key_form() const = 0;
   /// The key suffix of tensor `which` ("A" or "B") after the module path, e.g. "lora_A.weight"
   /// (Linear) or "lora_embedding_A" (Embedding).
   virtual std::string peft_key(const std::string& which) const = 0;
   /// The shape tensor `which` has in a file for rank r, e.g. A [r, in] and B [out, r] for Linear.
   virtual std::vector<int64_t> file_shape(const std::string& which, int64_t r) const = 0;
-  /// Adapter `name` as a PEFT file holds it: A, B, rank and alpha, and a variant's own tensors
-  /// by key suffix (DoRA: "lora_magnitude_vector"). Layers whose in-memory form differs (slice
-  /// masks) give the equivalent whole-layer adapter.
-  struct FileForm {
+  /// Adapter `name` as a whole-layer adapter (what PEFT files hold and what add_weighted_adapter
+  /// combines): A, B, rank and alpha, and a variant's own tensors by key suffix (DoRA:
+  /// "lora_magnitude_vector"). Layers whose in-memory form differs (slice masks) give the exact
+  /// whole-layer equivalent.
+  struct WholeLayerForm {
     torch::Tensor A, B;
     int64_t r;
     double alpha;
     std::vector<std::pair<std::string, torch::Tensor>> extra;
   };
-  FileForm file_form(const std::string& name) {
-    FileForm f = lora_file_form(name);
+  WholeLayerForm whole_layer_form(const std::string& name) {
+    WholeLayerForm f = lora_whole_layer_form(name);
     if (AdapterVariant* v = variant(name))
       f.extra = v->file_tensors(output_major(base_weight().detach()), output_major(lora_delta(name)));
     return f;
@@ -249,8 +260,8 @@ class LoRALayer {
   virtual void rebuild_adapter_dicts() = 0;
   /// Layer-specific checks of new adapter options (slice masks, ...).
   virtual void validate_options(const std::string& name, const AdapterOptions& options) const = 0;
-  /// A, B, rank and alpha of adapter `name` in PEFT's whole-layer form (see file_form).
-  virtual FileForm lora_file_form(const std::string& name) {
+  /// A, B, rank and alpha of adapter `name` in PEFT's whole-layer form (see whole_layer_form).
+  virtual WholeLayerForm lora_whole_layer_form(const std::string& name) {
     const auto& o = adapter_options(name);
     return {lora_A(name).detach(), lora_B(name).detach(), o.r(), o.alpha(), {}};
   }
@@ -400,11 +411,13 @@ inline std::string shape_str(torch::IntArrayRef s) {
 }
 
 namespace detail {
-
 using lora::shape_str;
+}  // namespace detail
 
-/// Shared Module plumbing for LoRA layers: `clone()` and `to()` overrides that
-/// keep requires_grad flags and the saved unmerged weight, and the adapter dicts.
+/// The base a LoRA-capable layer type derives from (docs/guide.md, "Adding a layer type"):
+/// `torch::nn::Cloneable<Derived>` plus `LoRALayer`, with the Module plumbing they share:
+/// `clone()` and `to()` overrides that keep requires_grad flags and the saved unmerged weight,
+/// the adapter dicts, and the adapters' variants.
 template <class Derived>
 class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
  public:
@@ -523,30 +536,4 @@ class LoRAModule : public torch::nn::Cloneable<Derived>, public LoRALayer {
   std::map<std::string, torch::nn::ModuleDict> V_;  // variants' dicts by name ("lora_magnitude_vector")
 };
 
-/// Every module under `root` (root excluded) a user can name, in pre-order: a LoRA layer's own
-/// internals (lora_A.default, ...) are left out. Works on a root not held by a shared_ptr.
-inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> visible_modules(torch::nn::Module& root) {
-  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
-  std::string inside;  // prefix of the LoRA layer whose internals are being skipped
-  for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
-    if (!inside.empty() && item.key().compare(0, inside.size(), inside) == 0) continue;
-    if (dynamic_cast<LoRALayer*>(item.value().get())) inside = item.key() + ".";
-    out.emplace_back(item.key(), item.value());
-  }
-  return out;
-}
-
-/// Applies `fn(name, layer)` to every LoRA layer under `root` (root itself included,
-/// with name ""), never descending into a LoRA layer's own internals.
-template <class Fn>
-inline void for_each_lora_layer(torch::nn::Module& root, Fn&& fn) {
-  if (auto* layer = dynamic_cast<LoRALayer*>(&root)) {
-    fn(std::string(), *layer);
-    return;
-  }
-  for (const auto& [name, module] : visible_modules(root))
-    if (auto* layer = dynamic_cast<LoRALayer*>(module.get())) fn(name, *layer);
-}
-
-}  // namespace detail
 }  // namespace lora

@@ -46,7 +46,7 @@ inline int64_t count_enabled(const std::vector<bool>& enable) {
 ///   proj->set_active_adapters({"default"});
 ///   auto y = proj(torch::randn({4, 768}));                // [4, 2304]
 /// \endcode
-class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
+class LoRALinearImpl : public LoRAModule<LoRALinearImpl> {
  public:
   LoRALinearImpl(int64_t in_features, int64_t out_features)
       : LoRALinearImpl(torch::nn::LinearOptions(in_features, out_features)) {}
@@ -161,7 +161,7 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
 
   int64_t output_features() const override { return options.out_features(); }
 
-  std::string kind() const override { return "Linear"; }
+  std::string peft_key_form() const override { return "Linear"; }
   std::string peft_key(const std::string& which) const override { return "lora_" + which + ".weight"; }
   std::vector<int64_t> file_shape(const std::string& which, int64_t r) const override {
     return which == "A" ? std::vector<int64_t>{r, options.in_features()} : std::vector<int64_t>{options.out_features(), r};
@@ -169,7 +169,7 @@ class LoRALinearImpl : public detail::LoRAModule<LoRALinearImpl> {
   /// With a slice mask, the exact whole-layer equivalent: B expanded to [out, k·r] with its
   /// blocks on their output slices (zero elsewhere), rank k·r and alpha·k (alpha·√k under
   /// rsLoRA) so that the scaling stays the same.
-  FileForm lora_file_form(const std::string& name) override {
+  WholeLayerForm lora_whole_layer_form(const std::string& name) override {
     const auto& o = adapter_options(name);
     torch::Tensor A = lora_A(name).detach(), B = lora_B(name).detach();
     if (o.enable().empty()) return {A, B, o.r(), o.alpha(), {}};

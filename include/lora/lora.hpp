@@ -25,6 +25,8 @@
 #include <lora/merge.hpp>
 #include <lora/safetensors.hpp>
 #include <lora/tensor_file.hpp>
+#include <lora/peft_config.hpp>
 #include <lora/adapter_io.hpp>
+#include <lora/archive.hpp>
 #include <lora/scopes.hpp>
 #include <lora/combine.hpp>

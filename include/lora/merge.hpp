@@ -23,14 +23,33 @@
 namespace lora {
 
 namespace detail {
-inline void check_merge_finite(torch::nn::Module& model) {
+
+/// Merges every layer; with `safe`, every layer's merged weight is built and checked for NaN/Inf
+/// first (held until all are checked: one merged weight per layer in memory) and nothing is
+/// written unless all are finite.
+inline void merge_layers(torch::nn::Module& model, bool safe, bool keep_copy, bool unload) {
+  std::vector<std::pair<LoRALayer*, LoRALayer::PendingMerge>> pending;
   for_each_lora_layer(model, [&](const std::string& name, LoRALayer& layer) {
-    if (!layer.merge_is_finite())
+    if (!safe) {
+      at_module(name, [&] {
+        layer.commit_merge(layer.prepare_merge(), keep_copy);
+        if (unload) layer.unload();
+      });
+      return;
+    }
+    auto p = layer.prepare_merge();
+    if (!p.finite())
       throw std::runtime_error("merge: module '" + (name.empty() ? std::string("<root>") : name) +
                                "': merging its active adapter(s) would put NaN/Inf into the weight; "
                                "nothing was merged (check the adapter file or the training run that made it)");
+    pending.emplace_back(&layer, std::move(p));
   });
+  for (auto& [layer, p] : pending) {
+    layer->commit_merge(p, keep_copy);
+    if (unload) layer->unload();
+  }
 }
+
 }  // namespace detail
 
 /// Merges the active adapters of every LoRA layer into its base weight.
@@ -42,10 +61,7 @@ inline void check_merge_finite(torch::nn::Module& model) {
 ///   lora::unmerge(*model);  // W0 restored exactly; the adapter is live again
 /// \endcode
 inline void merge(torch::nn::Module& model, bool safe = false) {
-  if (safe) detail::check_merge_finite(model);
-  detail::for_each_lora_layer(model, [&](const std::string& name, LoRALayer& layer) {
-    detail::at_module(name, [&] { layer.merge(/*safe=*/false, /*keep_copy=*/true); });
-  });
+  detail::merge_layers(model, safe, /*keep_copy=*/true, /*unload=*/false);
 }
 
 /// Restores every merged layer's base weight exactly.
@@ -58,13 +74,16 @@ inline void unmerge(torch::nn::Module& model) {
 /// Merges the active adapters for good and removes every adapter: afterwards
 /// `model.named_parameters()` has exactly the base model's names.
 inline void merge_and_unload(torch::nn::Module& model, bool safe = false) {
-  if (safe) detail::check_merge_finite(model);
-  detail::for_each_lora_layer(model, [&](const std::string& name, LoRALayer& layer) {
-    detail::at_module(name, [&] {
-      layer.merge(/*safe=*/false, /*keep_copy=*/false);
-      layer.unload();
-    });
-  });
+  detail::merge_layers(model, safe, /*keep_copy=*/false, /*unload=*/true);
+}
+
+/// Switches a merged model from its merged adapter(s) to `names` in place, without reloading the
+/// base weights: each merged layer restores W0 from the copy kept at merge time (exact, every
+/// dtype), activates `names` and merges them. Layers that were not merged are merged too.
+inline void switch_merged_adapter(torch::nn::Module& model, const std::vector<std::string>& names) {
+  unmerge(model);
+  set_adapter(model, names);
+  merge(model);
 }
 
 }  // namespace lora

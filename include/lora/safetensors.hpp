@@ -20,6 +20,8 @@
 /// flushes and fsyncs it, then renames it over the target, so a crash or an
 /// exception during a save leaves the previous file intact.
 
+#include <lora/atomic_file.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
@@ -291,48 +293,6 @@ class File {
   MappedFile map_;
   Parsed parsed_;
 };
-
-/// Writes `path` through a temporary file in the same folder, fsync and rename: the
-/// target is either the old file or the complete new one, never a partial file.
-inline void atomic_write(const std::string& path, const std::function<void(std::FILE*)>& body) {
-  std::string tmp = path + ".tmp-XXXXXX";
-  const int fd = ::mkstemp(&tmp[0]);
-  if (fd < 0) throw std::runtime_error("cannot create a temporary file beside '" + path + "': " + std::strerror(errno));
-  ::fchmod(fd, 0644);
-  std::FILE* f = ::fdopen(fd, "wb");
-  if (!f) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw std::runtime_error("cannot write '" + tmp + "': " + std::strerror(errno));
-  }
-  try {
-    body(f);
-    if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0)
-      throw std::runtime_error("cannot write '" + path + "': " + std::strerror(errno));
-  } catch (...) {
-    std::fclose(f);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    throw std::runtime_error("cannot write '" + path + "': " + why);
-  }
-  // Make the rename itself durable.
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
-inline void write_bytes(std::FILE* f, const void* data, size_t n, const std::string& path) {
-  if (n && std::fwrite(data, 1, n, f) != n)
-    throw std::runtime_error("cannot write '" + path + "': " + std::strerror(errno));
-}
 
 /// The header bytes (JSON, space-padded to a multiple of 8 so the data starts aligned)
 /// for tensors laid out in the given order.

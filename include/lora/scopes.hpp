@@ -5,9 +5,8 @@
 /// `AdapterPerRow` (PEFT's `adapter_names` in forward: one adapter per row of a batch, computed
 /// as serving systems batch LoRA requests).
 
-#include <lora/adapter_io.hpp>  // detail::lora_layers
-#include <lora/inject.hpp>      // detail::list_names
 #include <lora/state.hpp>
+#include <lora/walk.hpp>
 
 #include <memory>
 #include <set>
@@ -16,15 +15,6 @@
 
 namespace lora {
 
-namespace detail {
-inline std::vector<std::pair<std::string, LoRALayer*>> unmerged_layers(torch::nn::Module& model, const char* what) {
-  auto layers = lora_layers(model);
-  for (const auto& [name, layer] : layers)
-    if (layer->merged())
-      throw std::logic_error(std::string(what) + ": module '" + name + "' is merged; a merged adapter is part of the weight: unmerge() first");
-  return layers;
-}
-}  // namespace detail
 
 /// While alive, no LoRA layer of `model` applies an adapter: the forward is the base model's.
 /// The active adapters of every layer are restored when it ends. Merged layers are refused.

@@ -3,42 +3,14 @@
 /// Model-level views of adapters: which parameters train, the adapter-only
 /// state dict, and switching or deleting named adapters.
 
-#include <lora/layer.hpp>
+#include <lora/walk.hpp>
 
 #include <set>
 #include <stdexcept>
-#include <typeinfo>
 
 namespace lora {
 
 namespace detail {
-
-/// Runs `fn`, prefixing the message of a standard exception it throws with the module path
-/// `name`; the exception keeps its exact type (an exception of any other type, c10::Error say,
-/// passes through unchanged).
-template <class Fn>
-inline void at_module(const std::string& name, Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    const std::string msg = "module '" + (name.empty() ? std::string("<root>") : name) + "': " + e.what();
-    const std::type_info& type = typeid(e);
-    if (type == typeid(std::invalid_argument)) throw std::invalid_argument(msg);
-    if (type == typeid(std::out_of_range)) throw std::out_of_range(msg);
-    if (type == typeid(std::length_error)) throw std::length_error(msg);
-    if (type == typeid(std::domain_error)) throw std::domain_error(msg);
-    if (type == typeid(std::logic_error)) throw std::logic_error(msg);
-    if (type == typeid(std::range_error)) throw std::range_error(msg);
-    if (type == typeid(std::overflow_error)) throw std::overflow_error(msg);
-    if (type == typeid(std::underflow_error)) throw std::underflow_error(msg);
-    if (type == typeid(std::runtime_error)) throw std::runtime_error(msg);
-    throw;
-  }
-}
-
-inline std::string join_path(const std::string& prefix, const std::string& name) {
-  return prefix.empty() ? name : prefix + "." + name;
-}
 
 /// Full parameter names of the adapters in `layer` (all adapters when `adapter` is empty).
 inline std::vector<std::string> adapter_param_names(const std::string& prefix, torch::nn::Module& layer,
@@ -110,8 +82,10 @@ inline torch::OrderedDict<std::string, torch::Tensor> lora_state_dict(torch::nn:
   return out;
 }
 
-/// Makes `names` the active adapters of every LoRA layer that has them all
-/// (layers without any of them get none active). Task switching: unmerge, set, merge.
+/// Makes `names` the active adapters of the model: each LoRA layer activates those of `names` it
+/// has, in the order given (a layer with none of them gets none active). Every layer is checked
+/// first, so a refused switch (a merged layer, a DoRA adapter with others) changes nothing.
+/// Task switching: unmerge, set, merge (or switch_merged_adapter).
 inline void set_adapter(torch::nn::Module& model, const std::vector<std::string>& names) {
   std::vector<std::pair<LoRALayer*, std::vector<std::string>>> plan;
   bool found = false;

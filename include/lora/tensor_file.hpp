@@ -97,7 +97,7 @@ inline void save_safetensors(const std::string& path, const NamedTensors& tensor
   }
   safetensors::write_file(path, views, metadata, [&](std::FILE* f, size_t i) {
     const torch::Tensor t = tensors.items()[i].value().detach().to(torch::kCPU).contiguous();
-    safetensors::write_bytes(f, t.data_ptr(), views[i].nbytes, path);
+    write_bytes(f, t.data_ptr(), views[i].nbytes, path);
   });
 }
 

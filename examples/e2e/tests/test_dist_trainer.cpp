@@ -6,7 +6,7 @@
 #include "trainer.hpp"
 #include "../../test_gpt2.hpp"
 #include "../../../tests/common.hpp"  // lora_test::remove_tree
-#include "../../../tests/spawn.hpp"
+#include <lora_test/spawn.hpp>
 
 #include <filesystem>
 #include <random>
