@@ -69,6 +69,14 @@ inline void remove_tree(const std::string& path) {
          FTW_DEPTH | FTW_PHYS);
 }
 
+/// Copies every parameter of `to` from the parameter of the same name in `from`: a second model
+/// with the first one's base weights, built before any adapter is added.
+inline void copy_parameters(torch::nn::Module& to, torch::nn::Module& from) {
+  torch::NoGradGuard no_grad;
+  auto src = from.named_parameters();
+  for (auto& p : to.named_parameters()) p.value().copy_(src[p.key()]);
+}
+
 /// A fresh, empty folder under the system's temp folder, named for the test and the process.
 inline std::filesystem::path temp_dir(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() / ("lora_adapter_" + name + "_" + std::to_string(::getpid()));

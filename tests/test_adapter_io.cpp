@@ -52,9 +52,7 @@ TORCH_MODULE(Gpt);
 /// A second model with the same base weights as `m` (and no adapters).
 Gpt same_base(Gpt& m) {
   Gpt copy(m->d, m->vocab, m->layers);
-  torch::NoGradGuard g;
-  auto src = m->named_parameters();
-  for (auto& p : copy->named_parameters()) p.value().copy_(src[p.key()]);
+  copy_parameters(*copy, *m);
   return copy;
 }
 

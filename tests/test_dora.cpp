@@ -72,9 +72,7 @@ void perturb_magnitudes(torch::nn::Module& model) {
 /// A second TinyTransformer with the same base weights as `m` (and no adapters).
 TinyTransformer same_base(TinyTransformer& m) {
   TinyTransformer copy(m->vocab, m->d, m->layers);
-  torch::NoGradGuard g;
-  auto src = m->named_parameters();
-  for (auto& p : copy->named_parameters()) p.value().copy_(src[p.key()]);
+  copy_parameters(*copy, *m);
   return copy;
 }
 
