@@ -12,7 +12,8 @@
 ///
 /// n is recomputed in every forward from the current A and B but detached (the paper's §4.3:
 /// no gradient flows through the norm), as PEFT does. m starts at n of the new adapter, so at
-/// ‖W‖ while B = 0 and the model starts equal to its base.
+/// ‖W‖ while B = 0 and the model starts equal to its base: add DoRA adapters after the base
+/// weights are loaded (as PEFT, which also takes m at injection).
 ///
 /// Forward, as PEFT computes it:
 /// - without dropout (or in eval): y = (m/n) ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + b, i.e. x·W'ᵀ + b;

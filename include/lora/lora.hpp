@@ -30,3 +30,4 @@
 #include <lora/archive.hpp>
 #include <lora/scopes.hpp>
 #include <lora/combine.hpp>
+#include <lora/analysis.hpp>
