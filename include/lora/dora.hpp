@@ -66,13 +66,18 @@ class DoRAImpl : public torch::nn::Cloneable<DoRAImpl>, public AdapterVariant {
   /// n = ‖W + ΔW‖ of every output feature, detached, in ΔW's dtype.
   static torch::Tensor weight_norm(const torch::Tensor& w, const torch::Tensor& delta) {
     torch::NoGradGuard no_grad;
-    return at::linalg_vector_norm(w.to(delta.scalar_type()) + delta, 2, torch::IntArrayRef{1}, false, c10::nullopt);
+    return row_norms(w.to(delta.scalar_type()) + delta);
+  }
+  /// The L2 norm of each row of `v`.
+  static torch::Tensor row_norms(const torch::Tensor& v) {
+    return at::linalg_vector_norm(v, 2, torch::IntArrayRef{1}, false, c10::nullopt);
   }
 
   /// m / n on every output feature (1 on the features the adapter does not adapt), in ΔW's dtype;
   /// differentiable in m.
-  torch::Tensor scale(const torch::Tensor& w, const torch::Tensor& delta) const {
-    const torch::Tensor n = weight_norm(w, delta);
+  torch::Tensor scale(const torch::Tensor& w, const torch::Tensor& delta) const { return scale_for(weight_norm(w, delta)); }
+  /// The same from the norms n.
+  torch::Tensor scale_for(const torch::Tensor& n) const {
     const torch::Tensor m = weight.to(n.scalar_type());
     if (rows_.empty()) return m / n;
     const torch::Tensor idx = rows_index(n.device());
@@ -80,7 +85,6 @@ class DoRAImpl : public torch::nn::Cloneable<DoRAImpl>, public AdapterVariant {
   }
 
   std::string variant_name() const override { return "DoRA"; }
-  std::string config_key() const override { return "use_dora"; }
   std::string dict_name() const override { return kFileKey; }
 
   void init(const torch::Tensor& w, const torch::Tensor& delta) override {
@@ -100,7 +104,8 @@ class DoRAImpl : public torch::nn::Cloneable<DoRAImpl>, public AdapterVariant {
 
   torch::Tensor effective_weight(const torch::Tensor& w, const torch::Tensor& delta) override {
     torch::NoGradGuard no_grad;
-    return (w.to(delta.scalar_type()) + delta).mul_(scale(w, delta).unsqueeze(1));
+    torch::Tensor v = w.to(delta.scalar_type()) + delta;
+    return v.mul_(scale_for(row_norms(v)).unsqueeze(1));
   }
 
   std::vector<std::pair<std::string, torch::Tensor>> file_tensors(const torch::Tensor& w, const torch::Tensor& delta) override {
@@ -109,10 +114,6 @@ class DoRAImpl : public torch::nn::Cloneable<DoRAImpl>, public AdapterVariant {
     torch::Tensor full = weight_norm(w, delta);  // scale 1 on the features the adapter leaves alone
     full.index_copy_(0, rows_index(full.device()), weight.detach().to(full.scalar_type()));
     return {{kFileKey, full.to(weight.scalar_type())}};
-  }
-
-  std::vector<int64_t> file_shape(const std::string& key, int64_t out_features) const override {
-    return key == kFileKey ? std::vector<int64_t>{out_features} : std::vector<int64_t>{};
   }
 
   void load_file_tensor(const std::string& key, const torch::Tensor& value) override {

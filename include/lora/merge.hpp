@@ -32,7 +32,7 @@ inline void merge_layers(torch::nn::Module& model, bool safe, bool keep_copy, bo
   for_each_lora_layer(model, [&](const std::string& name, LoRALayer& layer) {
     if (!safe) {
       at_module(name, [&] {
-        layer.commit_merge(layer.prepare_merge(), keep_copy);
+        layer.merge(/*safe=*/false, keep_copy);
         if (unload) layer.unload();
       });
       return;

@@ -12,8 +12,9 @@
 /// - its forward: the layer computes the plain-LoRA pieces (`VariantTerms`) and the variant
 ///   turns them into the layer's output;
 /// - its merged weight (`effective_weight`): `merge` writes it, `delta_weight` is it minus W0;
-/// - its file tensors (`file_tensors` / `load_file_tensor`) and its flag in
-///   `adapter_config.json` (`config_key()`).
+/// - its file tensors (`file_tensors` / `load_file_tensor`). Its flag in `adapter_config.json`
+///   and its keys are known to the config reader and the loader (peft_config.hpp, adapter_io.hpp),
+///   which must recognise them before any variant exists.
 ///
 /// Layers hand a variant their weights *output-major*: [out_features, in_features], one row per
 /// output feature (Linear: W0 itself; Embedding: Eᵀ [embedding_dim, num_embeddings]).
@@ -51,8 +52,6 @@ class AdapterVariant {
 
   /// The variant's name in messages: "DoRA".
   virtual std::string variant_name() const = 0;
-  /// Its flag in PEFT's adapter_config.json: "use_dora".
-  virtual std::string config_key() const = 0;
   /// The layer's ModuleDict that holds it: "lora_magnitude_vector".
   virtual std::string dict_name() const = 0;
 
@@ -67,9 +66,7 @@ class AdapterVariant {
   /// whole-layer form a PEFT layer of this shape has.
   virtual std::vector<std::pair<std::string, torch::Tensor>> file_tensors(const torch::Tensor& weight,
                                                                           const torch::Tensor& delta) = 0;
-  /// The shape of file tensor `key` for a layer with `out_features` output features (empty: not a key of this variant).
-  virtual std::vector<int64_t> file_shape(const std::string& key, int64_t out_features) const = 0;
-  /// Copies file tensor `key` (checked against `file_shape`) into the variant's parameters.
+  /// Copies file tensor `key` (its shape checked by the loader) into the variant's parameters.
   virtual void load_file_tensor(const std::string& key, const torch::Tensor& value) = 0;
 };
 
