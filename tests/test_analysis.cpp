@@ -102,3 +102,76 @@ TEST_F(AnalysisTest, AnalyzeAdapterReportsEachLayerAndEachSlice) {
   EXPECT_FALSE(error_of<std::logic_error>([&] { lora::analyze_adapter(*m, "default"); }).empty());
   EXPECT_FALSE(error_of<std::invalid_argument>([&] { lora::subspace_similarity(torch::ones({2, 3}), torch::ones({2, 4})); }).empty());
 }
+
+TEST_F(AnalysisTest, CompareAdaptersGivesPhiPerSharedWeightAndSlice) {
+  TinyTransformer m(17, 8, 1);
+  const auto cfg = lora::LoRAConfig().init(lora::Init::Random).target_modules({"q", "fc"}).enable_lora({{"fc", {true, false, false, true}}});
+  lora::inject_lora(*m, lora::LoRAConfig(cfg).r(2).alpha(4), "small");
+  lora::inject_lora(*m, lora::LoRAConfig(cfg).r(5).alpha(4).target_modules({"fc"}), "large");  // no q
+  // The factors rebuild each weight's update: scaling·B_g·A_g equals the slice's rows of ΔW.
+  const auto f = lora::adapter_factors(*m, "small");
+  ASSERT_EQ(f.size(), 3u);
+  auto& fc = *m->blocks[0]->as<BlockImpl>()->mlp->fc;
+  auto dW = fc.delta_weight("small").to(torch::kDouble);
+  EXPECT_EQ(f[2].module, "blocks.0.mlp.fc");
+  EXPECT_EQ(f[2].slice, 3);
+  EXPECT_LT(rel_err(2.0 * f[2].B.to(torch::kDouble).mm(f[2].A.to(torch::kDouble)), dW.narrow(0, 24, 8)), 1e-6);
+  EXPECT_LT(rel_err(2.0 * f[1].B.to(torch::kDouble).mm(f[1].A.to(torch::kDouble)), dW.narrow(0, 0, 8)), 1e-6);
+  EXPECT_EQ(dW.narrow(0, 8, 16).abs().max().item<double>(), 0.0);
+  // Only fc's two slices are shared; each φ is the projection formula on that slice's rows of A.
+  const auto c = lora::compare_adapters(*m, "small", "large");
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(c[0].slice, 0);
+  EXPECT_EQ(c[1].slice, 3);
+  ASSERT_EQ(c[1].phi_A.sizes(), torch::IntArrayRef({2, 5}));
+  auto a_small = fc.lora_A("small").narrow(0, 2, 2), a_large = fc.lora_A("large").narrow(0, 5, 5);
+  for (int64_t i = 1; i <= 2; ++i)
+    for (int64_t j = 1; j <= 5; ++j)
+      EXPECT_NEAR(c[1].phi_A[i - 1][j - 1].item<double>(), phi_by_projections(a_small, a_large, i, j), 1e-10);
+  auto b_small = fc.lora_B("small").narrow(0, 8, 8), b_large = fc.lora_B("large").narrow(0, 8, 8);
+  EXPECT_NEAR(c[1].phi_B[1][4].item<double>(), phi_by_projections(b_small.t(), b_large.t(), 2, 5), 1e-10);
+  lora::inject_lora(*m, lora::LoRAConfig(cfg).r(2).target_modules({"q"}).enable_lora({}), "qonly");
+  EXPECT_NE(error_of<std::invalid_argument>([&] { lora::compare_adapters(*m, "qonly", "large"); }).find("no weight in common"),
+            std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { lora::adapter_factors(*m, "missing"); }).find("'missing'"), std::string::npos);
+}
+
+TEST_F(AnalysisTest, FusedSlicesReadAPeftFileSliceBySliceAsTheMaskedAdapterWas) {
+  // A PEFT file stores a slice-masked adapter as the equivalent whole-layer one; FusedSlices
+  // splits it again: the same weights, factors spanning the same subspaces, the same Table 7.
+  TinyTransformer m(17, 8, 1);
+  lora::inject_lora(*m, lora::LoRAConfig().r(2).alpha(4).init(lora::Init::Random).target_modules({"q", "fc"})
+                            .enable_lora({{"fc", {false, true, false, true}}}));
+  const auto dir = temp_dir("fused");
+  lora::save_adapter(*m, dir.string());
+  TinyTransformer fresh(17, 8, 1);
+  copy_parameters(*fresh, *m);
+  lora::load_adapter(*fresh, dir.string());
+  remove_tree(dir.string());
+  const lora::FusedSlices fused = {{"fc", 4}};
+  EXPECT_EQ(lora::adapter_factors(*fresh, "default").size(), 2u);  // without: q and the whole fc
+  const auto before = lora::analyze_adapter(*m, "default"), after = lora::analyze_adapter(*fresh, "default", 0, 0, fused);
+  ASSERT_EQ(after.size(), 3u);
+  for (size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(after[k].module, before[k].module);
+    EXPECT_EQ(after[k].slice, before[k].slice);
+    EXPECT_EQ(after[k].alignment.r, 2);
+    EXPECT_LT(rel_err(after[k].singular_values, before[k].singular_values), 1e-6);
+    EXPECT_NEAR(after[k].alignment.on_delta, before[k].alignment.on_delta, 1e-6 * before[k].alignment.on_delta);
+  }
+  const auto f0 = lora::adapter_factors(*m, "default"), f1 = lora::adapter_factors(*fresh, "default", fused);
+  ASSERT_EQ(f1.size(), 3u);
+  EXPECT_LT(rel_err(lora::subspace_similarity(f0[2].A, f1[2].A), torch::ones({2, 2}, torch::kDouble)), 1e-9);
+  EXPECT_LT(rel_err(lora::subspace_similarity_B(f0[2].B, f1[2].B), torch::ones({2, 2}, torch::kDouble)), 1e-9);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { lora::adapter_factors(*fresh, "default", {{"fc", 5}}); }).find("do not divide evenly"),
+            std::string::npos);
+}
+
+TEST_F(AnalysisTest, FusedSlicesOfAnUntrainedAdapterLeaveTheWholeLayer) {
+  TinyTransformer m(17, 8, 1);
+  lora::inject_lora(*m, lora::LoRAConfig().r(2).target_modules({"fc"}));  // B = 0: no slice shows
+  const auto f = lora::adapter_factors(*m, "default", {{"fc", 4}});
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].slice, -1);
+  EXPECT_EQ(f[0].A.size(0), 2);
+}

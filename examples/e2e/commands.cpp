@@ -167,9 +167,6 @@ TrainResult train(const TrainArgs& a) {
   return result;
 }
 
-namespace {
-
-/// "NAME=VALUE" (or a plain VALUE, named `fallback`).
 std::pair<std::string, std::string> name_value(const std::string& s, const std::string& fallback, const char* option) {
   const size_t eq = s.find('=');
   if (eq == std::string::npos) return {fallback, s};
@@ -177,8 +174,6 @@ std::pair<std::string, std::string> name_value(const std::string& s, const std::
     throw std::invalid_argument(std::string(option) + " '" + s + "': expected NAME=VALUE with both parts non-empty");
   return {s.substr(0, eq), s.substr(eq + 1)};
 }
-
-}  // namespace
 
 GenerateResult generate(const GenerateArgs& a) {
   GenerateResult result;

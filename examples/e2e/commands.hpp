@@ -5,6 +5,8 @@
 #include "scorer.hpp"
 #include "trainer.hpp"
 
+#include <lora/analysis.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -82,6 +84,43 @@ struct RunArgs {
   int64_t max_steps = -1, gen_limit = -1, valid_limit = -1, beams = 10, threads = 0, epochs = 5, batch_size = 8, seed = 110;
 };
 void run(const RunArgs& a);
+
+/// `analyze`: the paper's §7 on one or two trained adapters of one base model (lora/analysis.hpp).
+/// Writes analysis.md: per adapted weight (per slice of c_attn: W_q and W_v apart) Table 7's
+/// numbers and ΔW's singular values (spectra_NAME.svg and .csv); with two adapters (r = 8 and
+/// r = 64, or two seeds) also φ of their A for i ≤ max_i, j ≤ max_j as heat maps like Figures 3
+/// and 4 (phi_LAYER_TYPE.svg), and φ of two random Gaussian matrices of the same shapes.
+/// `adapters` holds DIR or NAME=DIR entries (names default to A and B).
+struct AnalyzeArgs {
+  std::string model, out;
+  std::vector<std::string> adapters;
+  int64_t max_i = 8, max_j = 64, seed = 0;
+};
+struct AnalyzeResult {
+  std::vector<std::string> names;                             ///< the adapters' names, in order
+  std::vector<std::vector<lora::LayerAnalysis>> layers;       ///< per adapter: analyze_adapter
+  std::vector<lora::SubspaceComparison> comparisons;          ///< two adapters: compare_adapters
+  int64_t n_layer = 0;
+};
+AnalyzeResult analyze(const AnalyzeArgs& a);
+
+/// `sweep`: the paper's Tables 5 and 6 on GPT-2 + E2E. Trains one adapter per cell with the
+/// recipe (e2e::Trainer) and scores it by validation loss: Table 5, which attention weights at an
+/// equal parameter budget (r = budget for one type, budget/2 for two, budget/4 for four), and
+/// Table 6, ranks × {W_q; W_q, W_v; all four}. Then Figure 3 (the W_q, W_v adapters at the two
+/// `compare` ranks), Figure 4 (the larger one at two seeds) and Table 7 (W_q of the middle
+/// layer at every rank) through `analyze`. Writes sweep.md beside the paper's numbers (GPT-3 on
+/// WikiSQL and MultiNLI), figure3/, figure4/ and runs/<cell>/ (PEFT adapters). Without a model:
+/// smoke mode: a small random GPT-2, 60 steps per cell, 100 validation examples.
+struct SweepArgs {
+  std::string model, data, vocab, out = "runs/sweep", device = "cpu";
+  std::vector<int64_t> ranks = {1, 2, 4, 8, 64}, compare = {8, 64};
+  int64_t budget_rank = 8, max_steps = -1, valid_limit = -1, epochs = 5, batch_size = 8, seed = 110, threads = 0;
+};
+void sweep(const SweepArgs& a);
+
+/// "NAME=VALUE", or a plain VALUE named `fallback`; `option` names the flag in errors.
+std::pair<std::string, std::string> name_value(const std::string& s, const std::string& fallback, const char* option);
 
 /// The first folder holding `file`: `flag` when given (an error if it lacks the file), then $env,
 /// then ../shared/data/<sub> and data/<sub> under the working directory (scripts/get-data.sh

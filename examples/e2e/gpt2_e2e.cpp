@@ -53,7 +53,11 @@ CLI::App* add_train(CLI::App& app, TrainArgs& t) {
   cmd->add_option("--lora-dropout", t.o.lora_dropout)->capture_default_str();
   cmd->add_flag("--dora", t.o.dora,
                 "DoRA adapters: a trainable magnitude per output feature rescales W0 + s*B*A (PEFT's use_dora; not the paper's recipe)");
-  cmd->add_option("--targets", t.o.targets, "module name suffix to adapt")->capture_default_str();
+  auto* weights = cmd->add_option("--weights", t.o.weights,
+                                  "attention weights to adapt, the paper's notation: any of q, k, v (slices of c_attn) and o (attn.c_proj)")
+                      ->capture_default_str();
+  cmd->add_option("--targets", t.o.targets, "instead of --weights: adapt whole modules with this name suffix (e.g. c_fc)")
+      ->excludes(weights);
   cmd->add_option("--label-smoothing", t.o.label_smoothing)->capture_default_str();
   add_enum(cmd, "--optimizer", t.o.optimizer, e2e::update_rule_names(),
            "reference: examples/NLG's AdamW (eps before bias correction, decay after the update); torch: LibTorch's AdamW");
@@ -153,6 +157,40 @@ CLI::App* add_run(CLI::App& app, RunArgs& r) {
   return cmd;
 }
 
+CLI::App* add_analyze(CLI::App& app, AnalyzeArgs& a) {
+  auto* cmd = app.add_subcommand("analyze", "the paper's section 7 on one or two adapters: Table 7, spectra, subspace similarity (Figures 3, 4)");
+  cmd->add_option("--model", a.model, kModelHelp)->required();
+  cmd->add_option("--adapter", a.adapters, "PEFT adapter folder, or NAME=DIR; twice to compare two (e.g. r = 8 and r = 64, or two seeds)")
+      ->required();
+  cmd->add_option("--out", a.out, "folder for analysis.md and its figures")->required();
+  cmd->add_option("--max-i", a.max_i, "heat-map rows: the first adapter's top-i directions")->capture_default_str();
+  cmd->add_option("--max-j", a.max_j, "heat-map columns: the second adapter's top-j directions")->capture_default_str();
+  cmd->add_option("--seed", a.seed, "seed of the random matrices (Table 7's random row, the random heat map)")->capture_default_str();
+  return cmd;
+}
+
+CLI::App* add_sweep(CLI::App& app, SweepArgs& s) {
+  auto* cmd = app.add_subcommand("sweep", "the paper's Tables 5 and 6 (which weights, which rank), then Figures 3, 4 and Table 7: sweep.md");
+  cmd->add_option("--model", s.model, "real GPT-2 folder or hub id; without it: smoke mode on a small random GPT-2");
+  cmd->add_option("--data", s.data, "E2E folder (default: $LORA_E2E_DIR, ../shared/data/e2e, data/e2e)");
+  cmd->add_option("--vocab", s.vocab, "GPT-2 tokenizer folder for smoke mode (default: $LORA_GPT2_DIR, ../shared/data/gpt2, data/gpt2)");
+  cmd->add_option("--out", s.out)->capture_default_str();
+  cmd->add_option("--ranks", s.ranks, "Table 6's ranks")->delimiter(',')->capture_default_str();
+  cmd->add_option("--budget-rank", s.budget_rank, "Table 5's budget: this rank on one weight type, half on two, a quarter on four")
+      ->capture_default_str();
+  cmd->add_option("--compare", s.compare, "Figure 3's two ranks (of --ranks); Figure 4 retrains the larger at seed + 1")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--max-steps", s.max_steps, "training steps per cell (default: 60 in smoke mode, all epochs otherwise)");
+  cmd->add_option("--valid-limit", s.valid_limit, "validation examples scored (default: 100 in smoke mode, all otherwise)");
+  cmd->add_option("--epochs", s.epochs)->capture_default_str();
+  cmd->add_option("--batch-size", s.batch_size)->capture_default_str();
+  cmd->add_option("--seed", s.seed)->capture_default_str();
+  cmd->add_option("--threads", s.threads)->capture_default_str();
+  cmd->add_option("--device", s.device, "cpu, cuda or cuda:N")->capture_default_str();
+  return cmd;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -176,6 +214,10 @@ int main(int argc, char** argv) {
   auto* score_cmd = add_score(app, score_args);
   auto* init_cmd = add_init(app, init_args);
   auto* run_cmd = add_run(app, run_args);
+  AnalyzeArgs analyze_args;
+  SweepArgs sweep_args;
+  auto* analyze_cmd = add_analyze(app, analyze_args);
+  auto* sweep_cmd = add_sweep(app, sweep_args);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -188,6 +230,11 @@ int main(int argc, char** argv) {
   }
   try {
     if (*run_cmd) run(run_args);
+    if (*sweep_cmd) sweep(sweep_args);
+    if (*analyze_cmd) {
+      analyze(analyze_args);
+      std::cout << "wrote " << analyze_args.out << "/analysis.md\n";
+    }
     if (*train_cmd) train(train_args);
     if (*gen_cmd) generate(gen_args);
     if (*score_cmd) std::cout << score(score_args);

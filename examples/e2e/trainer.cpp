@@ -18,6 +18,9 @@ namespace {
 
 constexpr int64_t kStateFormat = 1;
 
+/// What a run adapts, as its trainer state records it: "weights qv" or "targets c_fc".
+std::string adapted_weights(const TrainOptions& o) { return o.targets.empty() ? "weights " + o.weights : "targets " + o.targets; }
+
 /// bf16 autocast on CUDA for one forward pass. The C++ API changed in LibTorch 2.4 (per device
 /// type); older versions only have the CUDA ("gpu") calls.
 class CudaAutocast {
@@ -163,9 +166,9 @@ Trainer::Trainer(std::shared_ptr<gpt2::GPT2LMHeadModelImpl> model, TrainOptions 
     throw std::invalid_argument("--batch-size, --grad-accum and --epochs must be at least 1");
   if (num_examples_ == 0) throw std::invalid_argument("no training examples");
   if (o_.method == Method::LoRA) {
-    // The paper's config (q and v slices of c_attn), with this run's rank, alpha, dropout, targets.
-    auto cfg = gpt2::paper_lora_config().r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout).use_dora(o_.dora);
-    if (!o_.qv_only || o_.targets != "c_attn") cfg.target_modules({o_.targets}).enable_lora({});
+    // The paper's config on this run's attention weights (or whole target modules), rank, alpha, dropout.
+    auto cfg = gpt2::attention_lora_config(o_.weights).r(o_.rank).alpha(o_.alpha).dropout(o_.lora_dropout).use_dora(o_.dora);
+    if (!o_.targets.empty()) cfg.target_modules({o_.targets}).enable_lora({});
     lora::inject_lora(*model_, cfg);
   } else {
     for (auto& p : model_->parameters()) p.set_requires_grad(true);
@@ -313,6 +316,7 @@ void Trainer::save_state(const std::string& file) const {
   archive.write("method", c10::IValue(name_of(o_.method)));
   archive.write("update_rule", c10::IValue(name_of(o_.optimizer)));
   archive.write("group_by_length", scalar(o_.group_by_length ? 1 : 0));
+  archive.write("adapted", c10::IValue(adapted_weights(o_)));
   for (const auto& [key, v] : {std::pair<const char*, int64_t>{"epoch", pos_.epoch}, {"batch", pos_.batch}, {"step", pos_.step},
                                {"tokens", pos_.tokens}, {"seed", o_.seed}, {"batch_size", o_.batch_size},
                                {"grad_accum", o_.grad_accum}, {"examples", static_cast<int64_t>(num_examples_)},
@@ -372,6 +376,10 @@ void Trainer::load_state(const std::string& path) {
   if ((grouped.item<int64_t>() != 0) != o_.group_by_length)
     throw std::runtime_error("trainer state '" + file + "' was saved by a run " + (o_.group_by_length ? "without" : "with") +
                              " --group-by-length; resume with the same batch order");
+  c10::IValue adapted;  // states written before --weights: not checked (the parameter check below still is)
+  if (archive.try_read("adapted", adapted) && adapted.toStringRef() != adapted_weights(o_))
+    throw std::runtime_error("trainer state '" + file + "' was saved by a run adapting " + adapted.toStringRef() +
+                             "; this run adapts " + adapted_weights(o_) + ": resume with the same --weights or --targets");
   const std::pair<const char*, int64_t> must_match[] = {{"seed", o_.seed},
                                                         {"batch_size", o_.batch_size},
                                                         {"grad_accum", o_.grad_accum},

@@ -35,8 +35,10 @@ std::string name_of(Precision p);
 /// README's command), as defaults.
 struct TrainOptions {
   Method method = Method::LoRA;
-  std::string targets = "c_attn";  ///< module-name suffix to adapt
-  bool qv_only = true;             ///< on c_attn: only the q and v slices (the paper's choice)
+  /// The attention weights to adapt, in the paper's notation (§7.1): any of q, k, v (slices of
+  /// the fused c_attn) and o (attn.c_proj); "qv" is the paper's choice (gpt2::attention_lora_config).
+  std::string weights = "qv";
+  std::string targets;  ///< instead of `weights`: whole modules with this name suffix (e.g. "c_fc")
   int64_t rank = 4;
   double alpha = 32, lora_dropout = 0.1;
   bool dora = false;  ///< DoRA adapters (Liu et al., 2024; PEFT's use_dora) instead of plain LoRA: not the paper's

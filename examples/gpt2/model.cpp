@@ -1,5 +1,6 @@
 #include "model.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -329,6 +330,30 @@ void GPT2LMHeadModelImpl::set_dropout(double embd, double attn, double resid) {
 
 lora::LoRAConfig paper_lora_config() {
   return lora::LoRAConfig().r(4).alpha(32).dropout(0.1).target_modules({"c_attn"}).enable_lora({{"c_attn", {true, false, true}}});
+}
+
+lora::LoRAConfig attention_lora_config(const std::string& weights) {
+  std::vector<bool> qkv(3, false);
+  bool o = false;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const size_t at = std::string("qkvo").find(weights[i]);
+    if (at == std::string::npos || weights.find(weights[i]) != i)
+      throw std::invalid_argument("attention weights '" + weights + "': '" + weights[i] +
+                                  "' is not one of q, k, v, o or is repeated (the paper's W_q, W_k, W_v, W_o; e.g. qv or qkvo)");
+    if (at == 3)
+      o = true;
+    else
+      qkv[at] = true;
+  }
+  if (weights.empty()) throw std::invalid_argument("attention weights: empty; name at least one of q, k, v, o (e.g. qv)");
+  std::vector<std::string> targets;
+  lora::SliceMasks masks;
+  if (std::count(qkv.begin(), qkv.end(), true) > 0) {
+    targets.push_back("attn.c_attn");
+    masks["attn.c_attn"] = qkv;
+  }
+  if (o) targets.push_back("attn.c_proj");  // not mlp.c_proj: target names match whole dotted suffixes
+  return paper_lora_config().target_modules(targets).enable_lora(masks);
 }
 
 }  // namespace gpt2

@@ -111,4 +111,13 @@ TORCH_MODULE(GPT2LMHeadModel);
 /// The paper's adapter config for GPT-2 (r = 4, alpha = 32, dropout 0.1, q and v of c_attn).
 lora::LoRAConfig paper_lora_config();
 
+/// paper_lora_config() on the attention weights named as in the paper's §7.1 (Table 5): any of
+/// 'q', 'k', 'v' (the three slices of the fused `attn.c_attn`) and 'o' (`attn.c_proj`), e.g.
+/// "qv" (the paper's choice) or "qkvo". An error names a letter outside these or a repeated one.
+lora::LoRAConfig attention_lora_config(const std::string& weights);
+
+/// GPT-2's fused projection for lora/analysis.hpp: `attn.c_attn` is q, k, v stacked, so an
+/// adapter loaded from a PEFT file is analysed per slice (W_q and W_v apart, as the paper does).
+inline lora::FusedSlices fused_projections() { return {{"attn.c_attn", 3}}; }
+
 }  // namespace gpt2

@@ -29,6 +29,11 @@ class Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const;
 
   int64_t vocab_size() const { return static_cast<int64_t>(id_to_token_.size()); }
+  /// The id of a vocabulary entry ("<s>", "ĠHello"), or -1 when vocab.json has none.
+  int64_t id_of(const std::string& token) const {
+    const auto it = token_to_id_.find(token);
+    return it == token_to_id_.end() ? -1 : it->second;
+  }
   int64_t eos_id() const { return eos_; }
 
  private:

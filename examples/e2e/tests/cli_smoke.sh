@@ -57,6 +57,18 @@ grep -Eq "^\{\"BLEU\":$num,\"NIST\":$num,\"METEOR\":null,\"ROUGE_L\":$num,\"CIDE
 "$bin" export --model "$work/model" --adapter "$work/run/adapter" --out "$work/merged"
 for f in config.json model.safetensors vocab.json; do test -f "$work/merged/$f"; done
 
+# The paper's section 7: analyze one adapter, then a tiny sweep (Tables 5, 6; Figures 3, 4; Table 7).
+"$bin" analyze --model "$work/model" --adapter "$work/run/adapter" --out "$work/analysis" > /dev/null
+grep -q '^| layer 0 W_q (r = 4) |' "$work/analysis/analysis.md"
+"$bin" sweep --model "$work/model" --data "$work/data" --out "$work/sweep" --ranks 1,2,4 --compare 2,4 --budget-rank 4 \
+  --max-steps 2 --valid-limit 4 --batch-size 4 > "$work/sweep.txt"
+grep -q '^\[14/14\] ' "$work/sweep.txt"  # 7 + 9 cells, 3 shared, + the second seed
+[ "$(grep -c '^| W_' "$work/sweep/sweep.md")" -eq 10 ] || { cat "$work/sweep/sweep.md"; exit 1; }  # Table 5: 7 rows, Table 6: 3
+[ "$(grep -c '^| ours, r = ' "$work/sweep/sweep.md")" -eq 3 ]  # Table 7: one row per rank
+for f in figure3/analysis.md figure3/phi_layer0_q.svg figure4/phi_layer0_v.svg runs/qkvo_r1_seed110/adapter_config.json; do
+  test -f "$work/sweep/$f"
+done
+
 # Bad inputs: non-zero exit and a single error line.
 expect_fail() {
   if "$@" > "$work/out.txt" 2> "$work/err.txt"; then echo "expected failure: $*"; exit 1; fi
@@ -76,4 +88,8 @@ expect_fail "$bin" generate --model "$work/model" --data "$work/data/test.txt" -
 expect_fail "$bin" generate --model "$work/model" --data "$work/data/test.txt" --out "$work/bad" --adapter "a=$work/run/adapter" \
   --route "zz=name"
 expect_fail "$bin" eval --model "$work/other" --adapter "$work/run/adapter" --data "$work/data/valid.txt"
+expect_fail "$bin" sweep --model "$work/model" --data "$work/data" --out "$work/bad" --budget-rank 6
+expect_fail "$bin" sweep --model "$work/model" --data "$work/data" --out "$work/bad" --ranks 1,2 --compare 8,64
+expect_fail "$bin" train --model "$work/model" --data "$work/data" --out "$work/bad" --weights qz
+expect_fail "$bin" analyze --model "$work/model" --adapter "$work/run/adapter" --adapter "$work/run2/adapter" --adapter x --out "$work/bad"
 echo "cli smoke test passed"

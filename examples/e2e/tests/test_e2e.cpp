@@ -177,7 +177,7 @@ TEST(E2EReport, ConfigurationIsTheOneTheRunUsed) {
   e2e::write_report(path.string(), r);
   std::ifstream in(path);
   const std::string md((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  for (const char* want : {"| method | LoRA: r = 8, alpha = 16, dropout 0.1, `c_attn` (q and v slices) |",
+  for (const char* want : {"| method | LoRA: r = 8, alpha = 16, dropout 0.1, attention weights W_q, W_v |",
                            "| optimiser | LibTorch's AdamW, lr 0.0002, weight decay 0.01", "warm-up 7 of 70 steps",
                            "| model dropout | config.json's |", "| decoding | beam 3 |", "10 of 1,000 (1.0000%)"})
     EXPECT_NE(md.find(want), std::string::npos) << want << "\n" << md;

@@ -298,6 +298,10 @@ TEST(E2ETrainer, StateOfAnotherRunIsRefusedWithTheOptionThatDiffers) {
   o.method = e2e::Method::Full;
   msg = error_of([&] { e2e::Trainer(tiny_model(), o, data.size()).load_state(file); });
   EXPECT_NE(msg.find("saved by a --method lora run"), std::string::npos) << msg;
+  o = options();
+  o.weights = "qk";  // the same parameter shapes as q, v: only the recorded weights tell them apart
+  msg = error_of([&] { e2e::Trainer(tiny_model(), o, data.size()).load_state(file); });
+  EXPECT_NE(msg.find("adapting weights qv; this run adapts weights qk"), std::string::npos) << msg;
 
   // Truncated: the error names the file and what it expected.
   std::ifstream in(file, std::ios::binary);

@@ -418,6 +418,20 @@ TEST_F(Gpt2Test, PaperLoRAConfigAdaptsQAndVOfCAttnThenMergesForDeployment) {
   EXPECT_TRUE(torch::equal(again->forward(ids), model->forward(ids)));
 }
 
+TEST_F(Gpt2Test, AttentionLoRAConfigAdaptsThePapersNamedWeights) {
+  // "kvo": the k and v slices of c_attn and the attention's output projection, never mlp.c_proj.
+  auto report = lora::inject_lora(*model, gpt2::attention_lora_config("kvo").r(2));
+  EXPECT_EQ(report.adapted, (std::vector<std::string>{"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                                                      "transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj"}));
+  EXPECT_EQ(report.trainable_params, kLayer * ((2 * 2 * kEmbd + 2 * kEmbd * 2) + (2 * kEmbd + kEmbd * 2)));
+  std::vector<int64_t> slices;
+  for (const auto& f : lora::adapter_factors(*model, "default")) slices.push_back(f.slice);
+  EXPECT_EQ(slices, (std::vector<int64_t>{1, 2, -1, 1, 2, -1}));  // k = slice 1, v = slice 2; o whole
+  EXPECT_EQ(gpt2::attention_lora_config("qv").enable_lora(), (lora::SliceMasks{{"attn.c_attn", {true, false, true}}}));
+  for (const char* bad : {"qx", "qq", ""})
+    EXPECT_NE(error_of([&] { gpt2::attention_lora_config(bad); }).find("q, k, v, o"), std::string::npos) << bad;
+}
+
 TEST_F(Gpt2Test, LoadingErrorsListWhatIsWrong) {
   auto t = random_hf_tensors();
   lora::NamedTensors missing;
