@@ -1,5 +1,7 @@
 #include "model.hpp"
 
+#include "checkpoint.hpp"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -21,14 +23,7 @@ bool is_conv1d_weight(const std::string& key) {
 }  // namespace
 
 Config Config::from_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read '" + path + "': a GPT-2 folder needs HF's config.json");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
-  }
+  const nlohmann::json j = hf::read_config_json(path, "GPT-2");
   Config c;
   auto get_int = [&](const char* key, int64_t& dst, const char* alt = nullptr) {
     const char* k = j.contains(key) ? key : (alt && j.contains(alt) ? alt : nullptr);
@@ -229,18 +224,15 @@ torch::Tensor GPT2LMHeadModelImpl::hidden_states(const torch::Tensor& input_ids,
 
 std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const std::string& dir, torch::Dtype dtype) {
   const auto cfg = Config::from_json_file(dir + "/config.json");
-  const std::string st = dir + "/model.safetensors";
-  if (!std::filesystem::exists(st))
-    throw std::runtime_error("'" + st + "' not found" +
-                             (std::filesystem::exists(dir + "/pytorch_model.bin")
-                                  ? std::string(": only pytorch_model.bin (pickle) is there, which is not read; convert it to safetensors")
-                                  : std::string()));
+  const std::string st = hf::safetensors_path(dir);
   auto model = std::make_shared<GPT2LMHeadModelImpl>(cfg);
   const lora::safetensors::File file(st);
   auto params = model->named_parameters();
   static const std::regex buffers(R"(^h\.\d+\.attn\.(bias|masked_bias)$)");
   std::set<std::string> loaded;
-  std::vector<std::string> unexpected, wrong;
+  hf::Misfit misfit;
+  auto& unexpected = misfit.unexpected;
+  auto& wrong = misfit.wrong_shape;
   const lora::safetensors::TensorView* lm_head = nullptr;
   torch::NoGradGuard no_grad;
   for (const auto& t : file.tensors()) {
@@ -260,6 +252,7 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
     if ((conv1d ? value.t() : value).sizes() != params[key].sizes()) {
       wrong.push_back(t.name + " has shape " + lora::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
                       lora::shape_str(conv1d ? params[key].t().sizes() : params[key].sizes()));
+      loaded.insert(key);  // there, if misshapen: not also "missing"
       continue;
     }
     // Copied into the parameter ~16 MB of file rows at a time, each piece's pages released at
@@ -278,21 +271,9 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
     }
     loaded.insert(key);
   }
-  std::vector<std::string> missing;
   for (const auto& p : params)
-    if (!loaded.count(p.key())) missing.push_back(p.key());
-  if (!missing.empty() || !unexpected.empty() || !wrong.empty()) {
-    auto list = [](const std::vector<std::string>& v) {
-      std::string s;
-      for (size_t i = 0; i < v.size() && i < 20; ++i) s += (i ? ", " : "") + v[i];
-      return v.size() > 20 ? s + ", ... (" + std::to_string(v.size()) + " in all)" : s;
-    };
-    std::string msg = "'" + st + "' does not fit the GPT-2 of its config.json:";
-    if (!missing.empty()) msg += " missing " + list(missing) + ";";
-    if (!unexpected.empty()) msg += " unexpected " + list(unexpected) + ";";
-    if (!wrong.empty()) msg += " " + list(wrong) + ";";
-    throw std::runtime_error(msg + " is it a GPT-2 checkpoint of this size?");
-  }
+    if (!loaded.count(p.key())) misfit.missing.push_back(p.key());
+  hf::throw_if_misfit(st, "GPT-2", misfit, "is it a GPT-2 checkpoint of this size?");
   if (lm_head && !torch::equal(lora::borrow_tensor(*lm_head), model->transformer->wte->weight))
     throw std::runtime_error("'" + st + "': lm_head.weight differs from transformer.wte.weight; GPT-2's head is tied "
                              "to the token embedding and an untied head is not supported");
@@ -302,16 +283,10 @@ std::shared_ptr<GPT2LMHeadModelImpl> GPT2LMHeadModelImpl::from_pretrained(const 
 
 void GPT2LMHeadModelImpl::save_pretrained(const std::string& dir) const {
   auto* self = const_cast<GPT2LMHeadModelImpl*>(this);
-  if (!lora::lora_state_dict(*self).is_empty())
-    throw std::logic_error("gpt2: the model still has LoRA adapters; call lora::merge_and_unload(model) before "
-                           "save_pretrained, or save the adapter alone with lora::save_adapter");
   lora::NamedTensors tensors;
   for (const auto& p : named_parameters())
     tensors.insert(p.key(), is_conv1d_weight(p.key()) ? p.value().t() : p.value());
-  std::filesystem::create_directories(dir);
-  lora::save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
-  const std::string json = config.to_json(), path = dir + "/config.json";
-  lora::write_text_file(path, json);
+  hf::save_pretrained(*self, "gpt2", dir, tensors, config.to_json());
 }
 
 void GPT2LMHeadModelImpl::set_dropout(double embd, double attn, double resid) {

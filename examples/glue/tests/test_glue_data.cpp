@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "data.hpp"
+#include "recipe.hpp"
 
 #include <lora_test/errors.hpp>
 
@@ -93,4 +94,18 @@ TEST(GlueData, SharedFilesHaveTheirDocumentedRows) {
   const auto rte = glue::read_tsv(glue::task_named("rte"), root + "/RTE/dev.tsv");
   EXPECT_EQ(rte[0].text_b, "Christopher Reeve had an accident.");
   EXPECT_EQ(rte[0].label, 1);
+}
+
+TEST(GlueRecipe, PresetsFollowTheScriptsConventions) {
+  // What the scripts' names and flags imply, not their numbers again: the global batch is the
+  // per-device batch times the GPUs; the three small tasks start from MNLI; WNLI has no recipe.
+  const auto cola = glue::preset("roberta-base", glue::task_named("cola"));
+  EXPECT_EQ(cola.global_batch(), 64);  // 32 × 2 GPUs: the one base script on two GPUs
+  for (const char* t : {"mrpc", "rte", "sts-b"}) EXPECT_TRUE(glue::preset("FacebookAI/roberta-large", glue::task_named(t)).from_mnli) << t;
+  for (const char* t : {"mnli", "sst-2", "cola", "qnli", "qqp"}) EXPECT_FALSE(glue::preset("roberta-base", glue::task_named(t)).from_mnli) << t;
+  EXPECT_NE(error_of([] { glue::preset("roberta-base", glue::task_named("wnli")); }).find("no recipe for wnli"), std::string::npos);
+  EXPECT_NE(error_of([] { glue::preset("bert-base-uncased", glue::task_named("rte")); }).find("roberta-base and roberta-large"),
+            std::string::npos);
+  EXPECT_EQ(glue::paper_table2("roberta-base", glue::task_named("rte")).value, "86.6");
+  EXPECT_TRUE(glue::paper_table2("roberta-base", glue::task_named("wnli")).value.empty());
 }
