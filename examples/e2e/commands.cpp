@@ -52,12 +52,6 @@ std::shared_ptr<gpt2::GPT2LMHeadModelImpl> load_model(const std::string& model, 
   return m;
 }
 
-std::vector<Example> encode_all(const gpt2::Tokenizer& tok, const std::vector<Pair>& pairs, int64_t max_len, size_t limit = 0) {
-  std::vector<Example> out;
-  for (size_t i = 0; i < pairs.size() && (limit == 0 || i < limit); ++i) out.push_back(encode_example(tok, pairs[i], max_len));
-  return out;
-}
-
 gpt2::GPT2LMHeadModelImpl random_gpt2(int64_t layers, int64_t embd, int64_t heads, int64_t positions, int64_t seed) {
   if (layers < 1 || heads < 1 || embd < 1 || embd % heads != 0)
     throw std::invalid_argument("init: --embd (" + std::to_string(embd) + ") must be a positive multiple of --heads (" +

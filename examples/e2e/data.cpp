@@ -124,6 +124,12 @@ Example encode_example(const gpt2::Tokenizer& tok, const Pair& pair, int64_t max
   return e;
 }
 
+std::vector<Example> encode_all(const gpt2::Tokenizer& tok, const std::vector<Pair>& pairs, int64_t max_len, size_t limit) {
+  std::vector<Example> out;
+  for (size_t i = 0; i < pairs.size() && (limit == 0 || i < limit); ++i) out.push_back(encode_example(tok, pairs[i], max_len));
+  return out;
+}
+
 Batch make_batch(const std::vector<Example>& examples, const std::vector<size_t>& indices, int64_t pad_to) {
   int64_t L = pad_to;
   if (L == 0)

@@ -47,6 +47,8 @@ struct Example {
   int64_t context_len = 0;
 };
 Example encode_example(const gpt2::Tokenizer& tok, const Pair& pair, int64_t max_len = 512);
+/// encode_example of the first `limit` pairs (0: all).
+std::vector<Example> encode_all(const gpt2::Tokenizer& tok, const std::vector<Pair>& pairs, int64_t max_len, size_t limit = 0);
 
 /// Inputs, next-token targets and the loss mask of a batch, right-padded (with token 0, mask 0)
 /// to `pad_to`, or to the batch's own longest example when pad_to is 0 (no padding waste).

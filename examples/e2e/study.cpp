@@ -238,11 +238,9 @@ void sweep(const SweepArgs& a) {
   if (smoke) base.warmup = 10;
   const std::string dir = gpt2::resolve_pretrained(model);
   const auto tok = gpt2::Tokenizer::from_dir(dir);
-  std::vector<Example> train_set, valid_set;
-  for (const auto& p : read_pairs(data + "/train.txt")) train_set.push_back(encode_example(tok, p, 512));
   const int64_t valid_limit = a.valid_limit >= 0 ? a.valid_limit : (smoke ? 100 : 0);
-  for (const auto& p : read_pairs(data + "/valid.txt"))
-    if (valid_limit == 0 || static_cast<int64_t>(valid_set.size()) < valid_limit) valid_set.push_back(encode_example(tok, p, 512));
+  const auto train_set = encode_all(tok, read_pairs(data + "/train.txt"), 512);
+  const auto valid_set = encode_all(tok, read_pairs(data + "/valid.txt"), 512, static_cast<size_t>(valid_limit));
   if (valid_set.empty()) throw std::runtime_error("'" + data + "/valid.txt' has no examples: the sweep scores each cell on them");
 
   const std::vector<std::pair<std::string, int64_t>> table5 = {{"q", a.budget_rank},      {"k", a.budget_rank},      {"v", a.budget_rank},
