@@ -236,7 +236,8 @@ TEST_F(AdapterFileTest, StrictLoadingErrorsNameTheCause) {
     return c;
   };
   expect_error("key 'lora_bias' has a non-default value (true)", with("lora_bias", true), st_bytes);
-  expect_error("modules_to_save (fully trained extra modules) is not supported yet", with("modules_to_save", {"lm_head"}), st_bytes);
+  expect_error("modules_to_save names 'lm_head', which is no module of this model", with("modules_to_save", {"lm_head"}), st_bytes);
+  expect_error("key 'modules_to_save' must be a list", with("modules_to_save", "lm_head"), st_bytes);
   expect_error("key 'brand_new_knob' has a non-default value", with("brand_new_knob", 3), st_bytes);
   expect_error("must be \"LORA\"", with("peft_type", "IA3"), st_bytes);
   expect_error("was this adapter trained with r=2? adapter_config.json says r=4", with("r", 4), st_bytes);
@@ -312,6 +313,86 @@ TEST_F(AdapterFileTest, BiasesTravelWithTheAdapterWhenAsked) {
   EXPECT_EQ(read_json(dir / "adapter_config.json")["bias"], "lora_only");
   lora::load_adapter(*fresh, dir.string());
   EXPECT_TRUE(torch::equal(fresh->h[0]->as<GptBlockImpl>()->c_proj->bias, layer.bias));
+}
+
+namespace {
+
+// The toy with a sequence-classification head as HF names it (classifier.dense, classifier.out_proj).
+struct ClassifierImpl : torch::nn::Module {
+  explicit ClassifierImpl(int64_t labels = 3) : body(4, 5, 1) {
+    register_module("transformer", body->transformer);
+    classifier = register_module("classifier", torch::nn::Sequential());
+    dense = classifier->register_module("dense", torch::nn::Linear(4, 4));
+    out_proj = classifier->register_module("out_proj", torch::nn::Linear(4, labels));
+  }
+  Gpt body;
+  torch::nn::Sequential classifier{nullptr};
+  torch::nn::Linear dense{nullptr}, out_proj{nullptr};
+};
+TORCH_MODULE(Classifier);
+
+}  // namespace
+
+TEST_F(AdapterFileTest, ModulesToSaveTravelAsPeftSavesThem) {
+  // A file as PEFT writes a SEQ_CLS adapter: the head's tensors under base_model.model.classifier.*.
+  auto dir = temp_dir("seqcls");
+  write_text(dir / "adapter_config.json", R"({"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 2, "lora_alpha": 4,
+    "target_modules": ["c_attn"], "modules_to_save": ["classifier"], "bias": "none"})");
+  const auto A = iota(2 * 4, 0.1f), B = iota(12 * 2, 0.05f), dw = iota(16, 0.02f), db = iota(4, 0.3f), ow = iota(12, 0.04f),
+             ob = iota(3, 0.5f);
+  const std::vector<std::tuple<std::string, std::vector<int64_t>, std::vector<float>>> tensors{
+      {"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", {2, 4}, A},
+      {"base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", {12, 2}, B},
+      {"base_model.model.classifier.dense.weight", {4, 4}, dw},
+      {"base_model.model.classifier.dense.bias", {4}, db},
+      {"base_model.model.classifier.out_proj.weight", {3, 4}, ow},
+      {"base_model.model.classifier.out_proj.bias", {3}, ob}};
+  write_text(dir / "adapter_model.safetensors", hand_file(tensors));
+  Classifier m;
+  const auto before = m->body->transformer->named_parameters().values();
+  lora::load_adapter(*m, dir.string(), lora::LoadAdapterOptions().trainable(true));
+  auto as_tensor = [](const std::vector<float>& v, std::vector<int64_t> shape) {
+    return torch::from_blob(const_cast<float*>(v.data()), shape).clone();
+  };
+  EXPECT_TRUE(torch::equal(m->dense->weight, as_tensor(dw, {4, 4})));
+  EXPECT_TRUE(torch::equal(m->dense->bias, as_tensor(db, {4})));
+  EXPECT_TRUE(torch::equal(m->out_proj->weight, as_tensor(ow, {3, 4})));
+  EXPECT_TRUE(torch::equal(m->out_proj->bias, as_tensor(ob, {3})));
+  for (const auto& p : m->named_parameters())
+    EXPECT_EQ(p.value().requires_grad(), p.key().rfind("classifier.", 0) == 0 || p.key().find("lora_") != std::string::npos)
+        << p.key() << ": the adapter and the saved head train, nothing else";
+
+  // Saved back, the file holds the same keys and values, and the config lists the module.
+  auto out = temp_dir("seqcls_out");
+  lora::save_adapter(*m, out.string(), lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save({"classifier"}));
+  EXPECT_EQ(read_json(out / "adapter_config.json")["modules_to_save"], nlohmann::json({"classifier"}));
+  const auto saved = lora::load_safetensors((out / "adapter_model.safetensors").string());
+  ASSERT_EQ(saved.size(), tensors.size());
+  for (const auto& [key, shape, values] : tensors)
+    EXPECT_TRUE(torch::equal(saved[key], as_tensor(values, shape))) << key;
+
+  // A head for another number of labels is refused by name, or left out on request (the MNLI start).
+  Classifier two(2);
+  auto msg = error_of<std::runtime_error>([&] { lora::load_adapter(*two, dir.string()); });
+  EXPECT_NE(msg.find("'base_model.model.classifier.out_proj.weight' has shape [3,4], the model's 'classifier.out_proj.weight' "
+                     "has shape [2,4]: a head for another number of labels"), std::string::npos) << msg;
+  EXPECT_TRUE(lora::lora_state_dict(*two).is_empty()) << "a failed load changes nothing";
+  const auto head = two->out_proj->weight.clone();
+  lora::load_adapter(*two, dir.string(), lora::LoadAdapterOptions().load_modules_to_save(false));
+  EXPECT_TRUE(torch::equal(two->out_proj->weight, head));
+  EXPECT_TRUE(torch::equal(two->body->h[0]->as<GptBlockImpl>()->c_attn->lora_B("default"), as_tensor(B, {12, 2})));
+
+  // A head tensor missing from the file, and a name that selects no module.
+  auto part = temp_dir("seqcls_part");
+  fs::copy_file(dir / "adapter_config.json", part / "adapter_config.json");
+  write_text(part / "adapter_model.safetensors", hand_file({tensors.begin(), tensors.end() - 1}));
+  Classifier c3;
+  msg = error_of<std::runtime_error>([&] { lora::load_adapter(*c3, part.string()); });
+  EXPECT_NE(msg.find("has no tensor for 'classifier.out_proj.bias' of module 'classifier', which adapter_config.json's "
+                     "modules_to_save lists"), std::string::npos) << msg;
+  msg = error_of<std::invalid_argument>(
+      [&] { lora::save_adapter(*m, out.string(), lora::SaveAdapterOptions().modules_to_save({"score"})); });
+  EXPECT_NE(msg.find("modules_to_save names 'score', which is no module of this model"), std::string::npos) << msg;
 }
 
 TEST_F(AdapterFileTest, NativeArchiveRoundTripAndStrictness) {

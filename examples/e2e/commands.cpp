@@ -34,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 gpt2::Tokenizer tokenizer_of(const std::string& model) {
-  const std::string dir = gpt2::resolve_pretrained(model);
+  const std::string dir = hf::resolve_pretrained(model, gpt2::checkpoint_files());
   if (!fs::exists(dir + "/vocab.json") || !fs::exists(dir + "/merges.txt"))
     throw std::runtime_error("model directory '" + dir + "' has no tokenizer files (vocab.json, merges.txt): copy GPT-2's there");
   return gpt2::Tokenizer::from_dir(dir);
@@ -46,7 +46,7 @@ void copy_tokenizer(const std::string& from, const std::string& to) {
 }
 
 std::shared_ptr<gpt2::GPT2LMHeadModelImpl> load_model(const std::string& model, const std::string& adapter, torch::Device device) {
-  auto m = gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(model));
+  auto m = gpt2::GPT2LMHeadModelImpl::from_pretrained(hf::resolve_pretrained(model, gpt2::checkpoint_files()));
   if (!adapter.empty()) lora::load_adapter(*m, adapter);
   m->to(device);
   return m;
@@ -93,7 +93,7 @@ TrainResult train(const TrainArgs& a) {
   const bool lead = group.rank() == 0;  // rank 0 prints, logs and saves
   std::ostream& out = lead ? std::cout : null_stream();
   std::ostream& progress = lead ? std::cerr : null_stream();
-  Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(a.model)), a.o, train_set, group);
+  Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(hf::resolve_pretrained(a.model, gpt2::checkpoint_files())), a.o, train_set, group);
   auto model = trainer.model();
   result.total = trainer.parameter_count();
   result.total_steps = trainer.total_steps();
@@ -240,7 +240,7 @@ void export_merged(const ExportArgs& a) {
   auto m = load_model(a.model, a.adapter, torch::kCPU);
   lora::merge_and_unload(*m);
   m->save_pretrained(a.out);
-  const std::string dir = gpt2::resolve_pretrained(a.model);
+  const std::string dir = hf::resolve_pretrained(a.model, gpt2::checkpoint_files());
   if (fs::exists(dir + "/vocab.json")) copy_tokenizer(dir, a.out);
 }
 

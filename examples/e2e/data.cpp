@@ -152,28 +152,6 @@ Batch make_batch(const std::vector<Example>& examples, const std::vector<size_t>
   return b;
 }
 
-std::vector<size_t> group_by_length(const std::vector<size_t>& order, const std::vector<int64_t>& lengths, int64_t batch_size) {
-  if (batch_size < 1) throw std::invalid_argument("e2e::group_by_length: batch_size must be at least 1");
-  for (size_t i : order)
-    if (i >= lengths.size())
-      throw std::invalid_argument("e2e::group_by_length: index " + std::to_string(i) + " but only " +
-                                  std::to_string(lengths.size()) + " lengths");
-  const auto n = static_cast<int64_t>(order.size());
-  const int64_t mult = std::max<int64_t>(1, std::min<int64_t>(n / (4 * batch_size), 50));
-  const auto mega = static_cast<size_t>(mult * batch_size);
-  std::vector<size_t> out(order);
-  size_t longest_at = 0;  // the first element of the megabatch whose longest is longest
-  for (size_t begin = 0; begin < out.size(); begin += mega) {
-    const auto first = out.begin() + static_cast<std::ptrdiff_t>(begin);
-    const auto last = out.begin() + static_cast<std::ptrdiff_t>(std::min(out.size(), begin + mega));
-    // Python's sorted(reverse=True) is stable: equal lengths keep their shuffled order.
-    std::stable_sort(first, last, [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
-    if (lengths[out[begin]] > lengths[out[longest_at]]) longest_at = begin;  // argmax: the first maximum
-  }
-  if (!out.empty()) std::swap(out[0], out[longest_at]);
-  return out;
-}
-
 std::pair<torch::Tensor, torch::Tensor> masked_loss(const torch::Tensor& logits, const Batch& batch, double ls) {
   auto logprobs = logits.to(torch::kFloat).log_softmax(-1);
   auto target = batch.target.to(logits.device());

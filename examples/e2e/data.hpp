@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include "loop.hpp"
+
 namespace gpt2 {
 class Tokenizer;
 }
@@ -59,12 +61,8 @@ struct Batch {
 };
 Batch make_batch(const std::vector<Example>& examples, const std::vector<size_t>& indices, int64_t pad_to = 0);
 
-/// HF Trainer's group_by_length (transformers' get_length_grouped_indices) applied to an
-/// already shuffled `order`: cut into megabatches of min(n / (4·batch_size), 50) batches (at
-/// least one), sort each megabatch by length, longest first, and move the longest example of all
-/// to the front (an out-of-memory shows on the first batch). Batches then hold examples of
-/// similar lengths and pad less; the order still depends on the shuffle only.
-std::vector<size_t> group_by_length(const std::vector<size_t>& order, const std::vector<int64_t>& lengths, int64_t batch_size);
+/// HF Trainer's group_by_length on a shuffled order (the shared loop's; see examples/train/loop.hpp).
+using training::group_by_length;
 
 /// microsoft/LoRA's loss: per position (1 - ls) · NLL + ls · mean(-log p) (label smoothing ls),
 /// masked; returns the per-example sums [B] and the mask counts [B]. The batch loss is

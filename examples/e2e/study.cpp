@@ -91,7 +91,7 @@ AnalyzeResult analyze(const AnalyzeArgs& a) {
                                 "Figures 3 and 4), not " + std::to_string(a.adapters.size()));
   if (a.max_i < 1 || a.max_j < 1) throw std::invalid_argument("analyze: --max-i and --max-j must be at least 1");
   AnalyzeResult result;
-  auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained(a.model));
+  auto model = gpt2::GPT2LMHeadModelImpl::from_pretrained(hf::resolve_pretrained(a.model, gpt2::checkpoint_files()));
   result.n_layer = model->config.n_layer;
   std::vector<std::string> dirs;
   for (size_t k = 0; k < a.adapters.size(); ++k) {
@@ -236,7 +236,7 @@ void sweep(const SweepArgs& a) {
   base.batch_size = a.batch_size;
   base.max_steps = a.max_steps >= 0 ? a.max_steps : (smoke ? 60 : 0);
   if (smoke) base.warmup = 10;
-  const std::string dir = gpt2::resolve_pretrained(model);
+  const std::string dir = hf::resolve_pretrained(model, gpt2::checkpoint_files());
   const auto tok = gpt2::Tokenizer::from_dir(dir);
   const int64_t valid_limit = a.valid_limit >= 0 ? a.valid_limit : (smoke ? 100 : 0);
   const auto train_set = encode_all(tok, read_pairs(data + "/train.txt"), 512);

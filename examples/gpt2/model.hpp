@@ -10,6 +10,12 @@
 
 namespace gpt2 {
 
+/// The files a GPT-2 folder needs here (hf::resolve_pretrained finds or fetches them).
+inline const std::vector<std::string>& checkpoint_files() {
+  static const std::vector<std::string> files{"config.json", "model.safetensors", "vocab.json", "merges.txt"};
+  return files;
+}
+
 /// The fields of HF's GPT2Config that change the computation.
 struct Config {
   int64_t vocab_size = 50257;

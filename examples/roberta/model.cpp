@@ -191,8 +191,9 @@ torch::Tensor RobertaForSequenceClassificationImpl::forward(const torch::Tensor&
 }
 
 std::shared_ptr<RobertaForSequenceClassificationImpl> RobertaForSequenceClassificationImpl::from_pretrained(
-    const std::string& dir, std::vector<std::string>* fresh) {
-  const auto cfg = Config::from_json_file(dir + "/config.json");
+    const std::string& dir, std::vector<std::string>* fresh, int64_t num_labels) {
+  auto cfg = Config::from_json_file(dir + "/config.json");
+  if (num_labels > 0) cfg.num_labels = num_labels;
   const std::string st = hf::safetensors_path(dir);
   auto model = std::make_shared<RobertaForSequenceClassificationImpl>(cfg);
   const lora::safetensors::File file(st);

@@ -135,8 +135,10 @@ struct RobertaForSequenceClassificationImpl : torch::nn::Module {
   /// classifier (roberta-base is a masked-LM checkpoint) leaves the head as initialised and lists
   /// it in `fresh`; its lm_head.* and pooler.* tensors are skipped, as transformers does. Any
   /// other missing or unexpected key, or a shape that differs, is an error that lists them.
+  /// `num_labels` > 0 replaces the config's (a task's head on a base checkpoint).
   static std::shared_ptr<RobertaForSequenceClassificationImpl> from_pretrained(const std::string& dir,
-                                                                               std::vector<std::string>* fresh = nullptr);
+                                                                               std::vector<std::string>* fresh = nullptr,
+                                                                               int64_t num_labels = 0);
   /// Writes config.json + model.safetensors in HF's layout (after lora::merge_and_unload).
   void save_pretrained(const std::string& dir) const;
 

@@ -63,6 +63,10 @@ struct SaveAdapterOptions {
   TORCH_ARG(Bias, bias) = Bias::None;
   /// Module paths in the file (the Python model's names); identity by default.
   TORCH_ARG(NameMap, name_map) = {};
+  /// Modules trained in full with the adapter, saved whole beside it (PEFT's `modules_to_save`,
+  /// e.g. {"classifier"} for a sequence-classification head): every parameter and buffer of each
+  /// module whose file path equals a name or ends with "." + name.
+  TORCH_ARG(std::vector<std::string>, modules_to_save) = {};
 };
 
 /// What `load_adapter` does when a layer already has an adapter of that name.
@@ -87,11 +91,51 @@ struct LoadAdapterOptions {
   TORCH_ARG(bool, activate) = true;
   /// Module paths in the file (the Python model's names); identity by default.
   TORCH_ARG(NameMap, name_map) = {};
+  /// Copy the file's `modules_to_save` tensors into the model's modules (strictly: every
+  /// parameter, same shapes). false: skip them, e.g. to start a task with another number of
+  /// labels from an adapter trained with its own head (the paper's MNLI start for RTE).
+  TORCH_ARG(bool, load_modules_to_save) = true;
 };
 
 namespace detail {
 
 constexpr const char* kPeftPrefix = "base_model.model.";
+
+/// A module that modules_to_save names: its path in the model and in the file.
+struct SavedModule {
+  std::string path, file_path;
+  std::shared_ptr<torch::nn::Module> module;
+};
+
+/// The modules of `model` that `names` select (outermost only); each name must select one.
+inline std::vector<SavedModule> saved_modules(torch::nn::Module& model, const std::vector<std::string>& names,
+                                              const NameMap& map, const std::string& where) {
+  std::vector<SavedModule> out;
+  if (names.empty()) return out;  // (a NameMap need not map modules other than LoRA layers)
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const std::string fp = map.file_name(item.key());
+    if (!PeftConfig::saves_module(names, fp)) continue;
+    bool nested = false;
+    for (const auto& s : out) nested = nested || item.key().compare(0, s.path.size() + 1, s.path + ".") == 0;
+    if (nested) continue;
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/true))
+      if (p.key().find("lora_") != std::string::npos)
+        throw std::invalid_argument(where + ": module '" + item.key() + "' in modules_to_save holds LoRA parameters ('" +
+                                    p.key() + "'): a module is either adapted or saved whole, not both");
+    out.push_back({item.key(), fp, item.value()});
+  }
+  for (const auto& n : names) {
+    bool found = false;
+    for (const auto& s : out) found = found || PeftConfig::saves_module({n}, s.file_path);
+    if (!found) {
+      std::vector<std::string> children;
+      for (const auto& c : model.named_children()) children.push_back(c.key());
+      throw std::invalid_argument(where + ": modules_to_save names '" + n + "', which is no module of this model (its " +
+                                  "top-level modules: " + list_names(children) + "): another task head or base model?");
+    }
+  }
+  return out;
+}
 
 }  // namespace detail
 
@@ -143,6 +187,15 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
       }
   }
 
+  for (const auto& m : detail::saved_modules(model, options.modules_to_save(), options.name_map(), "save_adapter")) {
+    auto put = [&](const std::string& key, const torch::Tensor& value) {
+      const std::string full = detail::kPeftPrefix + m.file_path + "." + key;
+      if (!tensors.contains(full)) tensors.insert(full, value.detach());  // bias "all" may have saved it already
+    };
+    for (const auto& p : m.module->named_parameters(/*recurse=*/true)) put(p.key(), p.value());
+    for (const auto& b : m.module->named_buffers(/*recurse=*/true)) put(b.key(), b.value());
+  }
+
   // Global r / alpha from the first module; the others that differ go to the patterns.
   PeftConfig cfg;
   cfg.r = ranks[adapted.front()];
@@ -173,6 +226,7 @@ inline void save_adapter(torch::nn::Module& model, const std::string& dir,
   cfg.task_type = options.task_type();
   cfg.fan_in_fan_out = options.fan_in_fan_out();
   cfg.init = first->init();
+  cfg.modules_to_save = options.modules_to_save();
 
   std::filesystem::create_directories(dir);
   save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
@@ -193,6 +247,8 @@ struct AdapterPlan {
   PeftConfig config;
   std::vector<Layer> layers;                                  ///< by model path
   std::vector<std::pair<std::string, torch::Tensor>> biases;  ///< model parameter name, value
+  /// modules_to_save tensors: model parameter (or buffer) name, value.
+  std::vector<std::pair<std::string, torch::Tensor>> saved;
 };
 
 /// Reads `dir` for `model` with every check that does not depend on the adapters the model
@@ -200,7 +256,7 @@ struct AdapterPlan {
 /// with only A or only B, a DoRA magnitude without use_dora (or the reverse), or a shape that
 /// differs from the config's r and the base layer is an error naming the tensor and the likely cause.
 inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir, const NameMap& names,
-                                c10::optional<torch::Dtype> dtype_override) {
+                                c10::optional<torch::Dtype> dtype_override, bool load_saved = true) {
   const std::string cfg_path = dir + "/adapter_config.json", st_path = dir + "/adapter_model.safetensors";
   if (!std::filesystem::exists(cfg_path))
     throw std::runtime_error("'" + cfg_path + "' not found: is '" + dir + "' a PEFT adapter folder?");
@@ -230,6 +286,24 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
   };
   std::map<std::string, Pending> pending;  // by model path
   std::vector<std::pair<std::string, const safetensors::TensorView*>> biases;
+  std::vector<SavedModule> saved;
+  try {
+    saved = saved_modules(model, cfg.modules_to_save, names, "'" + cfg_path + "'");
+  } catch (const std::invalid_argument& e) {  // the file does not fit the model
+    throw std::runtime_error(e.what());
+  }
+  std::map<std::string, const safetensors::TensorView*> saved_views;  // model name -> tensor
+  // The modules_to_save module a file tensor belongs to, with the tensor's name inside it (PEFT's
+  // copy prefix "modules_to_save.<adapter>." dropped), or nullptr.
+  auto saved_of = [&](const std::string& rest, std::string& inner) -> const SavedModule* {
+    static const std::regex copy_prefix(R"(^modules_to_save\.[^.]+\.)");
+    for (const auto& m : saved)
+      if (rest.compare(0, m.file_path.size() + 1, m.file_path + ".") == 0) {
+        inner = std::regex_replace(rest.substr(m.file_path.size() + 1), copy_prefix, "");
+        return &m;
+      }
+    return nullptr;
+  };
   static const std::regex linear_key(R"(^(.+)\.lora_([AB])(?:\.([^.]+))?\.weight$)");
   static const std::regex embedding_key(R"(^(.+)\.lora_embedding_([AB])(?:\.([^.]+))?$)");
   static const std::regex magnitude_key(R"(^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$)");
@@ -244,6 +318,28 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
     const bool is_embedding = !is_linear && std::regex_match(rest, m, embedding_key);
     const bool is_magnitude = !is_linear && !is_embedding && std::regex_match(rest, m, magnitude_key);
     if (!is_linear && !is_embedding && !is_magnitude) {
+      std::string inner;
+      if (const SavedModule* m = saved_of(rest, inner)) {
+        if (!load_saved) continue;
+        const auto params = m->module->named_parameters(/*recurse=*/true);
+        const auto buffers = m->module->named_buffers(/*recurse=*/true);
+        const torch::Tensor* target = params.find(inner);
+        if (!target) target = buffers.find(inner);
+        if (!target) {
+          std::vector<std::string> known;
+          for (const auto& p : params) known.push_back(p.key());
+          throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' belongs to module '" + m->file_path +
+                                   "' of modules_to_save, which has no parameter or buffer '" + inner + "' (it has " +
+                                   list_names(known) + "): another head architecture?");
+        }
+        if (target->sizes() != torch::IntArrayRef(t.shape))
+          throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' has shape " + shape_str(t.shape) +
+                                   ", the model's '" + m->path + "." + inner + "' has shape " + shape_str(target->sizes()) +
+                                   ": a head for another number of labels, or another base model? (to start from the "
+                                   "adapter with a fresh head, load without its modules_to_save)");
+        saved_views[m->path + "." + inner] = &t;
+        continue;
+      }
       if (cfg.bias != Bias::None && rest.size() > 5 && rest.compare(rest.size() - 5, 5, ".bias") == 0) {
         biases.emplace_back(model_path(rest.substr(0, rest.size() - 5)) + ".bias", &t);
         continue;
@@ -346,6 +442,12 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
     plan.layers.push_back(std::move(l));
   }
   if (pending.empty()) throw std::runtime_error("'" + st_path + "' holds no LoRA tensors");
+  if (load_saved)
+    for (const auto& m : saved)
+      for (const auto& p : m.module->named_parameters(/*recurse=*/true))
+        if (!saved_views.count(m.path + "." + p.key()))
+          throw std::runtime_error("'" + st_path + "' has no tensor for '" + m.file_path + "." + p.key() + "' of module '" +
+                                   m.file_path + "', which adapter_config.json's modules_to_save lists: truncated file?");
   auto params = model.named_parameters(/*recurse=*/true);
   for (const auto& [bias_path, view] : biases)
     if (!params.contains(bias_path) || params[bias_path].sizes() != torch::IntArrayRef(view->shape))
@@ -353,7 +455,24 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
                                shape_str(view->shape) + " in the model (looked for '" + bias_path + "')");
 
   for (const auto& [bias_path, view] : biases) plan.biases.emplace_back(bias_path, to_tensor(*view));
+  for (const auto& [key, view] : saved_views) plan.saved.emplace_back(key, to_tensor(*view));
   return plan;
+}
+
+/// Copies a plan's modules_to_save tensors into the model, in place; with `trainable` their
+/// parameters get requires_grad.
+inline void copy_saved(torch::nn::Module& model, const AdapterPlan& plan, bool trainable) {
+  torch::NoGradGuard no_grad;
+  auto params = model.named_parameters(/*recurse=*/true);
+  auto buffers = model.named_buffers(/*recurse=*/true);
+  for (const auto& [key, value] : plan.saved) {
+    if (torch::Tensor* p = params.find(key)) {
+      p->copy_(value);
+      if (trainable) p->requires_grad_(true);
+    } else {
+      buffers[key].copy_(value);
+    }
+  }
 }
 
 }  // namespace detail
@@ -362,6 +481,8 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
 /// detail::read_adapter and docs/adapters.md); on any error nothing is changed. Reads
 /// `adapter_config.json` (r, lora_alpha, use_rslora, use_dora, rank/alpha patterns give each
 /// layer's options; the key policy is in peft_config.hpp) and `adapter_model.safetensors`.
+/// The modules the config's `modules_to_save` names get the file's values (every parameter, same
+/// shapes; trainable with the adapter when `trainable`), unless `load_modules_to_save(false)`.
 ///
 /// Example:
 /// \code
@@ -371,7 +492,7 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
 inline InjectReport load_adapter(torch::nn::Module& model, const std::string& dir,
                                  const LoadAdapterOptions& options = LoadAdapterOptions()) {
   const std::string& name = options.adapter_name();
-  const auto plan = detail::read_adapter(model, dir, options.name_map(), options.dtype());
+  const auto plan = detail::read_adapter(model, dir, options.name_map(), options.dtype(), options.load_modules_to_save());
   for (const auto& l : plan.layers) {
     if (l.layer->merged())
       throw std::runtime_error("load_adapter: module '" + l.path + "' is merged; unmerge before loading an adapter");
@@ -398,6 +519,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
     mark_only_lora_as_trainable(model, plan.config.bias, name);
   else
     for (auto& p : model.parameters(/*recurse=*/true)) p.requires_grad_(false);
+  detail::copy_saved(model, plan, options.trainable());
   for (const auto& p : model.parameters(/*recurse=*/true)) {
     report.all_params += p.numel();
     if (p.requires_grad()) report.trainable_params += p.numel();
@@ -408,7 +530,7 @@ inline InjectReport load_adapter(torch::nn::Module& model, const std::string& di
 /// Loads the adapter in `dir` into the existing adapter `name` in place (PEFT's
 /// `hotswap_adapter`): the A and B tensors keep their storage, so anything captured on them (a
 /// CUDA graph, a compiled module) keeps working; nothing else of the model changes but the
-/// biases the file carries (copied in place too). The file's rank may be smaller than the slot's:
+/// biases and modules_to_save tensors the file carries (copied in place too). The file's rank may be smaller than the slot's:
 /// A and B are zero-padded, and B is multiplied by s_file / s_slot so the slot's scaling gives the
 /// file's update exactly. The file must adapt exactly the layers that have `name`, with
 /// whole-layer adapters (a slot with a slice mask is refused: load such an adapter from its file,
@@ -457,6 +579,7 @@ inline void hotswap_adapter(torch::nn::Module& model, const std::string& dir, co
   }
   auto params = model.named_parameters(/*recurse=*/true);
   for (const auto& [bias_path, value] : plan.biases) params[bias_path].copy_(value);
+  detail::copy_saved(model, plan, /*trainable=*/false);
 }
 
 /// Saves every named adapter of the model in PEFT's layout: "default" (or, without one, the

@@ -59,6 +59,10 @@ struct PeftConfig {
   std::string layers_pattern;
   /// PEFT ties the adapters of tied layers (embedding + head); load_adapter refuses it on a tied layer.
   bool ensure_weight_tying = false;
+  /// Modules trained in full beside the adapter (e.g. a classification head, "classifier"): a module
+  /// matches a name when its path equals it or ends with "." + name; the file holds their tensors as
+  /// `base_model.model.<module path>.<parameter>`, as PEFT saves them.
+  std::vector<std::string> modules_to_save;
   // Written for PEFT; read back but not needed for the arithmetic.
   std::string base_model_name_or_path, task_type;
   bool fan_in_fan_out = false;
@@ -67,6 +71,15 @@ struct PeftConfig {
   /// A module's rank and alpha: the first pattern key that matches it, else r / alpha.
   int64_t rank_for(const std::string& path) const { return rank_keys_.value_for(path, r); }
   double alpha_for(const std::string& path) const { return alpha_keys_.value_for(path, alpha); }
+  /// Whether module `path` (as named in the file) is one of modules_to_save (PEFT's rule).
+  bool saves_module(const std::string& path) const { return saves_module(modules_to_save, path); }
+  static bool saves_module(const std::vector<std::string>& names, const std::string& path) {
+    for (const auto& n : names)
+      if (path == n || (path.size() > n.size() && path.compare(path.size() - n.size(), n.size(), n) == 0 &&
+                        path[path.size() - n.size() - 1] == '.'))
+        return true;
+    return false;
+  }
   /// target_modules / exclude_modules / layers_to_transform as the rule inject_lora uses.
   const TargetSelector& selector() const { return selector_; }
 
@@ -85,8 +98,6 @@ struct PeftConfig {
     for (auto it = j.begin(); it != j.end(); ++it) {
       if (harmless_keys().count(it.key()) || is_default_value(it.value())) continue;
       if (it.key() == "ensure_weight_tying" && it.value().is_boolean()) continue;  // checked per layer by load_adapter
-      if (it.key() == "modules_to_save")
-        throw bad(it.key(), "is set: modules_to_save (fully trained extra modules) is not supported yet");
       throw bad(it.key(), "has a non-default value (" + it.value().dump() +
                               ") that changes the adapter's arithmetic, which this loader does not implement");
     }
@@ -127,6 +138,9 @@ struct PeftConfig {
         if (j["layers_to_transform"].is_number_integer()) c.layers_to_transform.push_back(j["layers_to_transform"].get<int64_t>());
         else for (const auto& v : j["layers_to_transform"]) c.layers_to_transform.push_back(v.get<int64_t>());
       }
+      if (given("modules_to_save") && !j["modules_to_save"].is_array())
+        throw bad("modules_to_save", "must be a list of module names");
+      c.modules_to_save = strings("modules_to_save");
       if (given("layers_pattern") && j["layers_pattern"].is_string()) c.layers_pattern = j["layers_pattern"].get<std::string>();
       if (given("base_model_name_or_path")) c.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
       if (given("task_type")) c.task_type = j["task_type"].get<std::string>();
@@ -161,7 +175,7 @@ struct PeftConfig {
     for (const auto& [key, value] : rank_pattern) j["rank_pattern"][key] = value;
     j["alpha_pattern"] = nlohmann::ordered_json::object();
     for (const auto& [key, value] : alpha_pattern) j["alpha_pattern"][key] = value;
-    j["modules_to_save"] = nullptr;
+    j["modules_to_save"] = modules_to_save.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(modules_to_save);
     j["layers_to_transform"] = nullptr;
     return j.dump(2) + "\n";
   }
@@ -181,7 +195,7 @@ struct PeftConfig {
         "peft_type", "base_model_name_or_path", "task_type", "inference_mode", "revision", "peft_version",
         "auto_mapping", "r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "bias", "target_modules",
         "exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
-        "fan_in_fan_out", "init_lora_weights", "megatron_config", "megatron_core", "eva_config", "corda_config",
+        "fan_in_fan_out", "init_lora_weights", "modules_to_save", "megatron_config", "megatron_core", "eva_config", "corda_config",
         "qalora_group_size"};
     return keys;
   }

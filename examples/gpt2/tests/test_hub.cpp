@@ -177,7 +177,7 @@ TEST_F(Gpt2Hub, DownloadsIntoTheHuggingFaceCacheLayoutOnce) {
   FakeHub hub("org/tiny", files_, commit_);
   example_test::ScopedEnv cache("HF_HUB_CACHE", (root_ / "cache").string()), endpoint("HF_ENDPOINT", hub.endpoint() + "/"),
       offline("HF_HUB_OFFLINE", ""), token("HF_TOKEN", "hf_secret");
-  const std::string snapshot = gpt2::resolve_pretrained("org/tiny");
+  const std::string snapshot = hf::resolve_pretrained("org/tiny", gpt2::checkpoint_files());
   const fs::path repo = root_ / "cache" / "models--org--tiny";
   EXPECT_EQ(snapshot, (repo / "snapshots" / commit_).string());
   EXPECT_EQ(read_all(repo / "refs" / "main"), commit_);
@@ -200,7 +200,7 @@ TEST_F(Gpt2Hub, DownloadsIntoTheHuggingFaceCacheLayoutOnce) {
   const auto ids = torch::randint(0, 40, {2, 5});
   EXPECT_TRUE(torch::equal(loaded->forward(ids), model_->forward(ids)));
   // In the cache now: no second request.
-  EXPECT_EQ(gpt2::resolve_pretrained("org/tiny"), snapshot);
+  EXPECT_EQ(hf::resolve_pretrained("org/tiny", gpt2::checkpoint_files()), snapshot);
   EXPECT_EQ(hub.requests().size(), seen.size());
 }
 
@@ -213,12 +213,12 @@ TEST_F(Gpt2Hub, InterruptedDownloadsResume) {
   // The connection drops after 100 bytes: an error that says the bytes are kept, and the part file holds them.
   hub.cut_next_get = 100;
   const std::vector<std::string> weights_only{"model.safetensors"};
-  const auto msg = example_test::error_of([&] { gpt2::download_pretrained("org/tiny", weights_only, false); });
+  const auto msg = example_test::error_of([&] { hf::download_pretrained("org/tiny", weights_only, false); });
   EXPECT_NE(msg.find("bytes kept in"), std::string::npos) << msg;
   ASSERT_TRUE(fs::exists(part));
   EXPECT_EQ(read_all(part), weights.substr(0, 100));
   // The next try asks for the rest only, and the blob is whole.
-  const std::string snapshot = gpt2::download_pretrained("org/tiny", weights_only, false);
+  const std::string snapshot = hf::download_pretrained("org/tiny", weights_only, false);
   EXPECT_EQ(hub.requests().back(), "GET /org/tiny/resolve/" + commit_ + "/model.safetensors bytes=100-");
   EXPECT_EQ(read_all(fs::path(snapshot) / "model.safetensors"), weights);
   EXPECT_FALSE(fs::exists(part));
@@ -227,7 +227,7 @@ TEST_F(Gpt2Hub, InterruptedDownloadsResume) {
   fs::create_directories(part.parent_path());
   std::ofstream(part, std::ios::binary) << weights.substr(0, 50);
   hub.ignore_range = true;
-  EXPECT_EQ(read_all(fs::path(gpt2::download_pretrained("org/tiny", weights_only, false)) / "model.safetensors"), weights);
+  EXPECT_EQ(read_all(fs::path(hf::download_pretrained("org/tiny", weights_only, false)) / "model.safetensors"), weights);
 }
 
 TEST_F(Gpt2Hub, FailedDownloadsSayWhatToFetch) {
@@ -235,7 +235,7 @@ TEST_F(Gpt2Hub, FailedDownloadsSayWhatToFetch) {
   example_test::ScopedEnv cache("HF_HUB_CACHE", (root_ / "cache").string()), endpoint("HF_ENDPOINT", hub.endpoint()),
       offline("HF_HUB_OFFLINE", ""), token("HF_TOKEN", "");
   // A model the hub does not have: the HTTP status, the URL, and the manual way.
-  auto msg = example_test::error_of([] { gpt2::resolve_pretrained("org/absent"); });
+  auto msg = example_test::error_of([] { hf::resolve_pretrained("org/absent", gpt2::checkpoint_files()); });
   EXPECT_NE(msg.find("HTTP 404"), std::string::npos) << msg;
   EXPECT_NE(msg.find("/org/absent/resolve/main/config.json"), std::string::npos) << msg;
   EXPECT_NE(msg.find("huggingface-cli download org/absent config.json model.safetensors vocab.json merges.txt"), std::string::npos)
@@ -245,7 +245,7 @@ TEST_F(Gpt2Hub, FailedDownloadsSayWhatToFetch) {
   const size_t before = hub.requests().size();
   {
     example_test::ScopedEnv off("HF_HUB_OFFLINE", "1");
-    msg = example_test::error_of([] { gpt2::resolve_pretrained("org/tiny"); });
+    msg = example_test::error_of([] { hf::resolve_pretrained("org/tiny", gpt2::checkpoint_files()); });
   }
   EXPECT_NE(msg.find("HF_HUB_OFFLINE forbids downloading"), std::string::npos) << msg;
   EXPECT_EQ(hub.requests().size(), before);
@@ -256,7 +256,7 @@ TEST_F(Gpt2Hub, FailedDownloadsSayWhatToFetch) {
     dead = gone.endpoint();
   }
   example_test::ScopedEnv nowhere("HF_ENDPOINT", dead);
-  msg = example_test::error_of([] { gpt2::resolve_pretrained("org/tiny"); });
+  msg = example_test::error_of([] { hf::resolve_pretrained("org/tiny", gpt2::checkpoint_files()); });
   EXPECT_NE(msg.find("downloading it failed"), std::string::npos) << msg;
   EXPECT_NE(msg.find(dead), std::string::npos) << msg;
 }

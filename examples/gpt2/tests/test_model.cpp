@@ -377,29 +377,29 @@ TEST_F(Gpt2Test, HubModelIdsResolveThroughTheLocalHuggingFaceCache) {
   {
     // $HF_HOME/hub when HF_HUB_CACHE is unset; offline, so that nothing is fetched from the real hub.
     example_test::ScopedEnv cache("HF_HUB_CACHE", ""), home("HF_HOME", root.string()), offline("HF_HUB_OFFLINE", "1");
-    EXPECT_EQ(gpt2::hf_hub_cache(), (root / "hub").string());
-    EXPECT_EQ(gpt2::resolve_pretrained("org/tiny-gpt2"), snapshot.string());
-    auto again = gpt2::GPT2LMHeadModelImpl::from_pretrained(gpt2::resolve_pretrained("org/tiny-gpt2"));
+    EXPECT_EQ(hf::hf_hub_cache(), (root / "hub").string());
+    EXPECT_EQ(hf::resolve_pretrained("org/tiny-gpt2", gpt2::checkpoint_files()), snapshot.string());
+    auto again = gpt2::GPT2LMHeadModelImpl::from_pretrained(hf::resolve_pretrained("org/tiny-gpt2", gpt2::checkpoint_files()));
     again->eval();
     auto ids = torch::randint(0, kVocab, {1, 5});
     EXPECT_TRUE(torch::equal(again->forward(ids), model->forward(ids)));
     // Not in the cache: the error says where it looked and what to fetch.
-    auto msg = example_test::error_of([] { gpt2::resolve_pretrained("gpt2-medium"); });
+    auto msg = example_test::error_of([] { hf::resolve_pretrained("gpt2-medium", gpt2::checkpoint_files()); });
     EXPECT_NE(msg.find("models--gpt2-medium/refs/main"), std::string::npos) << msg;
     EXPECT_NE(msg.find("huggingface-cli download gpt2-medium config.json model.safetensors vocab.json merges.txt"),
               std::string::npos) << msg;
     // A snapshot without the weights names what it lacks.
     fs::remove(snapshot / "model.safetensors");
-    msg = example_test::error_of([] { gpt2::resolve_pretrained("org/tiny-gpt2"); });
+    msg = example_test::error_of([] { hf::resolve_pretrained("org/tiny-gpt2", gpt2::checkpoint_files()); });
     EXPECT_NE(msg.find("lacks model.safetensors"), std::string::npos) << msg;
     EXPECT_NE(msg.find("HF_HUB_OFFLINE forbids downloading"), std::string::npos) << msg;
     // Paths are paths: a folder is used as it is, anything else that is not an id is an error.
-    EXPECT_EQ(gpt2::resolve_pretrained(snapshot.string()), snapshot.string());
-    EXPECT_NE(example_test::error_of([] { gpt2::resolve_pretrained("./no/such/folder"); }).find("no such folder"), std::string::npos);
+    EXPECT_EQ(hf::resolve_pretrained(snapshot.string(), gpt2::checkpoint_files()), snapshot.string());
+    EXPECT_NE(example_test::error_of([] { hf::resolve_pretrained("./no/such/folder", gpt2::checkpoint_files()); }).find("no such folder"), std::string::npos);
   }
   {
     example_test::ScopedEnv cache("HF_HUB_CACHE", (root / "elsewhere").string());  // HF_HUB_CACHE wins
-    EXPECT_EQ(gpt2::hf_hub_cache(), (root / "elsewhere").string());
+    EXPECT_EQ(hf::hf_hub_cache(), (root / "elsewhere").string());
   }
   lora_test::remove_tree(root.string());
 }

@@ -262,3 +262,49 @@ TEST(RobertaLoralib, TheReleasedMnliCheckpointLoadsOntoARobertaBase) {
             std::string::npos);
   fs::remove(bad);
 }
+
+TEST(RobertaModel, PeftSeqClsAdapterWithItsHeadGivesTheFloat64Logits) {
+  // Trained adapter and head saved as PEFT saves a SEQ_CLS adapter, loaded on a fresh model.
+  auto w = random_weights();
+  Checkpoint ckpt(w, config_json(), "seqcls");
+  auto trained = roberta::RobertaForSequenceClassificationImpl::from_pretrained(ckpt.dir.string());
+  lora::inject_lora(*trained, roberta::paper_lora_config().init(lora::Init::Random));
+  {
+    torch::NoGradGuard g;
+    for (auto& p : trained->classifier->parameters()) p.add_(torch::randn_like(p) * 0.3);
+  }
+  const auto dir = fs::temp_directory_path() / ("roberta_seqcls_adapter_" + std::to_string(::getpid()));
+  lora::save_adapter(*trained, dir.string(), lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save({"classifier"}));
+  auto model = roberta::RobertaForSequenceClassificationImpl::from_pretrained(ckpt.dir.string());
+  lora::load_adapter(*model, dir.string());
+  model->eval();
+  Lora terms;
+  for (const auto& [path, layer] : lora::detail::lora_layers(*trained))
+    if (layer->has_adapter("default")) terms[path] = {layer->lora_A("default"), layer->lora_B("default"), 16.0 / 8.0};
+  for (const char* k : {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight", "classifier.out_proj.bias"})
+    w[k] = trained->named_parameters()[k].detach().to(torch::kDouble);
+  const std::vector<int64_t> a = {0, 5, 9, 21, 2, 2, 33, 2};
+  torch::NoGradGuard no_grad;
+  const auto logits = model->forward(torch::tensor(a).unsqueeze(0))[0];
+  EXPECT_LT(rel_err(logits, reference_logits(w, a, terms)), 1e-5);
+  fs::remove_all(dir);
+}
+
+TEST(RobertaModel, AGpt2AdapterIsRefusedByName) {
+  Checkpoint ckpt(random_weights(), config_json(), "gpt2adapter");
+  auto model = roberta::RobertaForSequenceClassificationImpl::from_pretrained(ckpt.dir.string());
+  // A GPT-2 adapter file as PEFT writes it: c_attn's A and B.
+  const auto dir = fs::temp_directory_path() / ("roberta_gpt2_adapter_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  lora::NamedTensors t;
+  t.insert("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", torch::zeros({4, kHidden}));
+  t.insert("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", torch::zeros({3 * kHidden, 4}));
+  lora::save_safetensors((dir / "adapter_model.safetensors").string(), t);
+  std::ofstream(dir / "adapter_config.json") << R"({"peft_type": "LORA", "r": 4, "lora_alpha": 32, "target_modules": ["c_attn"],
+    "task_type": "CAUSAL_LM", "fan_in_fan_out": true})";
+  const auto msg = error_of([&] { lora::load_adapter(*model, dir.string()); });
+  EXPECT_NE(msg.find("tensor 'base_model.model.transformer.h.0.attn.c_attn.lora_A.weight' belongs to module "
+                     "'transformer.h.0.attn.c_attn', which is not a LoRA-capable layer of this model"), std::string::npos) << msg;
+  EXPECT_TRUE(lora::detail::lora_layers(*model).empty() || lora::lora_state_dict(*model).is_empty()) << "nothing was loaded";
+  fs::remove_all(dir);
+}

@@ -6,7 +6,7 @@
 #include <string>
 #include <type_traits>
 
-namespace e2e {
+namespace training {
 
 namespace {
 
@@ -30,6 +30,11 @@ Key state_key(const torch::Tensor& p) {
 ReferenceAdamW::ReferenceAdamW(std::vector<torch::Tensor> params, torch::optim::AdamWOptions options)
     : torch::optim::AdamW(std::move(params), options) {
   TORCH_CHECK(!options.amsgrad(), "ReferenceAdamW: the reference optimizer has no amsgrad");
+}
+
+ReferenceAdamW::ReferenceAdamW(std::vector<torch::optim::OptimizerParamGroup> groups, torch::optim::AdamWOptions defaults)
+    : torch::optim::AdamW(std::move(groups), defaults) {
+  TORCH_CHECK(!defaults.amsgrad(), "ReferenceAdamW: the reference optimizer has no amsgrad");
 }
 
 torch::Tensor ReferenceAdamW::step(LossClosure closure) {
@@ -85,4 +90,4 @@ torch::Tensor ReferenceAdamW::step(LossClosure closure) {
   return loss;
 }
 
-}  // namespace e2e
+}  // namespace training

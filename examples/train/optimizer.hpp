@@ -1,12 +1,13 @@
 #pragma once
 // The optimizer the paper's numbers were trained with: microsoft/LoRA examples/NLG/src/optimizer.py's
-// AdamW, run with --correct_bias (betas 0.9/0.999, eps 1e-6, weight decay 0.01).
+// AdamW, run with --correct_bias (betas 0.9/0.999, eps 1e-6, weight decay 0.01), which is also the
+// rule of transformers 4.4's AdamW that examples/NLU's Trainer uses (eps 1e-8, weight decay 0.1).
 
 #include <torch/torch.h>
 
 #include <vector>
 
-namespace e2e {
+namespace training {
 
 /// AdamW as the reference code computes it, which differs from PyTorch's (and LibTorch's) AdamW:
 ///
@@ -22,14 +23,16 @@ namespace e2e {
 ///
 /// Example:
 /// \code
-///   e2e::ReferenceAdamW opt(params, torch::optim::AdamWOptions(2e-4).betas({0.9, 0.999}).eps(1e-6).weight_decay(0.01));
+///   training::ReferenceAdamW opt(params, torch::optim::AdamWOptions(2e-4).betas({0.9, 0.999}).eps(1e-6).weight_decay(0.01));
 ///   loss.backward();
 ///   opt.step();
 /// \endcode
 class ReferenceAdamW : public torch::optim::AdamW {
  public:
   ReferenceAdamW(std::vector<torch::Tensor> params, torch::optim::AdamWOptions options);
+  /// Parameter groups with their own options (e.g. weight decay 0 for biases and LayerNorm weights).
+  ReferenceAdamW(std::vector<torch::optim::OptimizerParamGroup> groups, torch::optim::AdamWOptions defaults);
   torch::Tensor step(LossClosure closure = nullptr) override;
 };
 
-}  // namespace e2e
+}  // namespace training

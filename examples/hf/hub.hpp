@@ -1,18 +1,13 @@
 #pragma once
-// Where a GPT-2 checkpoint named on the command line lives: a folder, or a model of the
-// HuggingFace hub in the local HF cache (the cache Python's transformers fills), downloaded into
-// that cache when it is not there and the network allows.
+// Where a checkpoint named on the command line lives, for every model family of the examples: a
+// folder, or a model of the HuggingFace hub in the local HF cache (the cache Python's transformers
+// fills), downloaded into that cache when it is not there and the network allows. Each family
+// names the files its folders need (gpt2::checkpoint_files(), roberta::checkpoint_files()).
 
 #include <string>
 #include <vector>
 
-namespace gpt2 {
-
-/// The files a GPT-2 folder needs here.
-inline const std::vector<std::string>& checkpoint_files() {
-  static const std::vector<std::string> files{"config.json", "model.safetensors", "vocab.json", "merges.txt"};
-  return files;
-}
+namespace hf {
 
 /// The HF hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub,
 /// else ~/.cache/huggingface/hub (huggingface_hub's order).
@@ -28,8 +23,7 @@ std::string hf_endpoint();
 /// fetched again. Sends $HF_TOKEN as a bearer token when set; a progress line goes to stderr
 /// (`progress` false: none). Returns the snapshot folder; a std::runtime_error names the file, the
 /// URL and the cause.
-std::string download_pretrained(const std::string& repo_id, const std::vector<std::string>& files = checkpoint_files(),
-                                bool progress = true);
+std::string download_pretrained(const std::string& repo_id, const std::vector<std::string>& files, bool progress = true);
 
 /// The folder holding the checkpoint `name_or_path`: the path itself when it is a folder; else,
 /// for a hub model id ("gpt2-medium", "openai-community/gpt2"), the snapshot that the cache's
@@ -39,8 +33,8 @@ std::string download_pretrained(const std::string& repo_id, const std::vector<st
 ///
 /// Example:
 /// \code
-///   auto dir = gpt2::resolve_pretrained("gpt2-medium");  // ~/.cache/huggingface/hub/models--gpt2-medium/snapshots/<rev>
+///   auto dir = hf::resolve_pretrained("gpt2-medium", gpt2::checkpoint_files());  // ~/.cache/huggingface/hub/models--gpt2-medium/snapshots/<rev>
 /// \endcode
-std::string resolve_pretrained(const std::string& name_or_path, const std::vector<std::string>& files = checkpoint_files());
+std::string resolve_pretrained(const std::string& name_or_path, const std::vector<std::string>& files);
 
-}  // namespace gpt2
+}  // namespace hf

@@ -14,7 +14,7 @@
 #include <memory>
 #include <stdexcept>
 
-namespace gpt2 {
+namespace hf {
 
 namespace fs = std::filesystem;
 
@@ -109,7 +109,7 @@ Easy new_easy(const std::string& url, curl_slist* headers) {
   if (!h) throw std::runtime_error("libcurl could not start a transfer");
   curl_easy_setopt(h.get(), CURLOPT_URL, url.c_str());
   curl_easy_setopt(h.get(), CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(h.get(), CURLOPT_USERAGENT, "lora-gpt2/1 (libcurl)");
+  curl_easy_setopt(h.get(), CURLOPT_USERAGENT, "lora-examples/1 (libcurl)");
   curl_easy_setopt(h.get(), CURLOPT_CONNECTTIMEOUT, 20L);
   curl_easy_setopt(h.get(), CURLOPT_LOW_SPEED_LIMIT, 1L);  // a stalled transfer ends after a minute
   curl_easy_setopt(h.get(), CURLOPT_LOW_SPEED_TIME, 60L);
@@ -295,4 +295,4 @@ std::string download_pretrained(const std::string& repo_id, const std::vector<st
   return repo + "/snapshots/" + commit;
 }
 
-}  // namespace gpt2
+}  // namespace hf
