@@ -57,14 +57,14 @@ class Layer(nn.Module):
 class Roberta(nn.Module):
     def __init__(self):
         super().__init__()
-        self.word, self.pos, self.type = nn.Embedding(VOCAB, H, padding_idx=1), nn.Embedding(POS, H, padding_idx=1), nn.Embedding(1, H)
+        self.word, self.pos, self.token_type = nn.Embedding(VOCAB, H, padding_idx=1), nn.Embedding(POS, H, padding_idx=1), nn.Embedding(1, H)
         self.emb_ln, self.drop = nn.LayerNorm(H, eps=1e-5), nn.Dropout(0.1)
         self.layers = nn.ModuleList(Layer() for _ in range(LAYERS))
         self.dense, self.out_proj = nn.Linear(H, H), nn.Linear(H, 2)
 
     def forward(self, ids, attention):
         positions = torch.cumsum(attention, 1) * attention + 1
-        x = self.drop(self.emb_ln(self.word(ids) + self.pos(positions) + self.type(torch.zeros_like(ids))))
+        x = self.drop(self.emb_ln(self.word(ids) + self.pos(positions) + self.token_type(torch.zeros_like(ids))))
         mask = (1.0 - attention[:, None, None, :].float()) * torch.finfo(torch.float32).min
         for layer in self.layers:
             x = layer(x, mask)

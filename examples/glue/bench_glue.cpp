@@ -124,6 +124,7 @@ void BM_RobertaBaseLoRAStep(benchmark::State& state) {
   }
   state.counters["step_ms"] = 1e3 * median(times);
   state.counters["tokens_per_s"] = static_cast<double>(kBatch * kLen) / median(times);
+  state.counters["threads"] = at::get_num_threads();  // the Python side prints torch.get_num_threads()
 }
 BENCHMARK(BM_RobertaBaseLoRAStep)->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
 
