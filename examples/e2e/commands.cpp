@@ -4,6 +4,7 @@
 #include "generate.hpp"
 #include "hub.hpp"
 #include "model.hpp"
+#include "progress.hpp"
 #include "report.hpp"
 #include "tokenizer.hpp"
 
@@ -92,7 +93,6 @@ TrainResult train(const TrainArgs& a) {
       lora::dist::ProcessGroupOptions().timeout(std::chrono::milliseconds(1000 * a.dist_timeout)));
   const bool lead = group.rank() == 0;  // rank 0 prints, logs and saves
   std::ostream& out = lead ? std::cout : null_stream();
-  std::ostream& progress = lead ? std::cerr : null_stream();
   Trainer trainer(gpt2::GPT2LMHeadModelImpl::from_pretrained(hf::resolve_pretrained(a.model, gpt2::checkpoint_files())), a.o, train_set, group);
   auto model = trainer.model();
   result.total = trainer.parameter_count();
@@ -111,9 +111,8 @@ TrainResult train(const TrainArgs& a) {
   }
   // A resumed run appends to the log of the run it continues.
   const bool append = !a.resume.empty() && fs::exists(a.out + "/train_log.csv");
-  std::ofstream log;
-  if (lead) log.open(a.out + "/train_log.csv", append ? std::ios::app : std::ios::trunc);
-  if (lead && !append) log << "step,epoch,loss,lr,tokens,seconds\n";
+  training::Progress progress(trainer.position(), trainer.total_steps(), a.out + "/train_log.csv", append, a.log_every, lead,
+                              "tokens");
   auto save = [&](const std::string& dir) {
     if (!lead) return;
     if (a.o.method == Method::LoRA)
@@ -124,23 +123,16 @@ TrainResult train(const TrainArgs& a) {
   };
   const auto start = Clock::now();
   const int64_t first_step = trainer.position().step, first_tokens = trainer.position().tokens;
-  const int64_t total = trainer.total_steps();
   while (!trainer.done()) {
     const int64_t epoch = trainer.position().epoch;
     const double lr = trainer.lr_at(trainer.position().step);
     const double loss = trainer.step(make_batch(train_set, trainer.next_indices(), a.o.pad_to));
     const auto& pos = trainer.position();
-    const double secs = seconds_since(start);
-    const double tok_s = double(pos.tokens - first_tokens) / std::max(secs, 1e-9);
     result.losses.push_back(loss);
-    if (lead) log << pos.step << "," << epoch << "," << loss << "," << lr << "," << pos.tokens << "," << secs << "\n";
-    if (pos.step % a.log_every == 0 || pos.step == total)
-      progress << "\rstep " << pos.step << "/" << total << " | loss " << std::fixed << std::setprecision(4) << loss << " | lr "
-                << std::scientific << std::setprecision(2) << lr << std::fixed << " | " << std::setprecision(0) << tok_s
-                << " tok/s | ETA " << double(total - pos.step) * secs / double(pos.step - first_step) << " s   " << std::flush;
+    progress.record(epoch, loss, lr, pos);
     if (a.save_every > 0 && pos.step % a.save_every == 0 && !trainer.accumulating()) save(a.out + "/checkpoint");
     if (pos.batch == 0 || trainer.done()) {  // an epoch ended (or the step budget did)
-      progress << "\n";
+      progress.newline();
       result.valid.push_back(mean_loss(*model, valid_set, a.o.batch_size, &group));
       out << "epoch " << epoch << " valid_loss " << std::setprecision(6) << result.valid.back() << "\n";
       save(a.out + "/epoch_" + std::to_string(epoch));

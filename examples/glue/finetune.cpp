@@ -2,6 +2,7 @@
 
 #include "checkpoint.hpp"
 #include "loralib_checkpoint.hpp"
+#include "progress.hpp"
 
 #include <lora/lora.hpp>
 
@@ -133,10 +134,9 @@ std::vector<Example> first_n(std::vector<Example> v, int64_t n) {
 /// "dev" for dev.tsv, "dev_mismatched" for dev_mismatched.tsv.
 std::string stem(const std::string& file) { return file.substr(0, file.find('.')); }
 
-std::string peft_adapter_options_task() { return "SEQ_CLS"; }
-
-void save_best(roberta::RobertaForSequenceClassificationImpl& model, const std::string& dir) {
-  lora::save_adapter(model, dir, lora::SaveAdapterOptions().task_type(peft_adapter_options_task()).modules_to_save({"classifier"}));
+/// The adapter with its head, as PEFT saves a sequence-classification adapter.
+void save_with_head(roberta::RobertaForSequenceClassificationImpl& model, const std::string& dir) {
+  lora::save_adapter(model, dir, lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save({"classifier"}));
 }
 
 std::map<std::string, double> eval_files(const Task& task, roberta::RobertaForSequenceClassificationImpl& model,
@@ -231,15 +231,23 @@ TrainResult train(const TrainArgs& a) {
   if (!a.resume.empty()) trainer.load_state(a.resume);
   const bool regression = task.regression();
   const auto start = std::chrono::steady_clock::now();
+  if (lead) fs::create_directories(a.out);
+  training::Progress progress(trainer.position(), trainer.total_steps(), a.out + "/train_log.csv",
+                              !a.resume.empty() && fs::exists(a.out + "/train_log.csv"), a.log_every, lead, "examples");
   double loss_sum = 0;
   int64_t loss_n = 0;
   while (!trainer.done()) {
+    const int64_t epoch = trainer.position().epoch;
+    const double lr = trainer.lr_at(trainer.position().step);
     const auto idx = trainer.next_indices();
     const auto batch = make_batch(train_set, idx, pad_id, regression, a.pad_to);
-    loss_sum += trainer.step([&] { return sequence_loss(*model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
+    const double loss = trainer.step([&] { return sequence_loss(*model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
+    progress.record(epoch, loss, lr, trainer.position());
+    loss_sum += loss;
     ++loss_n;
     const bool epoch_end = trainer.position().batch == 0;
     if (!epoch_end && !trainer.done()) continue;
+    progress.newline();
     EpochResult e;
     e.epoch = trainer.position().batch == 0 ? trainer.position().epoch - 1 : trainer.position().epoch;
     e.train_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, loss_n));
@@ -253,12 +261,12 @@ TrainResult train(const TrainArgs& a) {
         if (k.rfind(prefix, 0) == 0) first[k.substr(prefix.size())] = v;
       e.headline = headline(task, first);
       const std::string dir = a.out + "/epoch_" + std::to_string(e.epoch);
-      save_best(*model, dir);
+      save_with_head(*model, dir);
       trainer.save_state(dir + "/trainer_state.pt");
       r.epochs.push_back(e);
       if (r.epochs.size() == 1 || e.headline > r.epochs[r.best].headline) {
         r.best = r.epochs.size() - 1;
-        save_best(*model, a.out + "/best");
+        save_with_head(*model, a.out + "/best");
       }
       std::cout << "epoch " << e.epoch << ": train loss " << std::fixed << std::setprecision(4) << e.train_loss;
       for (const auto& [k, v] : e.metrics) std::cout << ", " << k << " " << v;

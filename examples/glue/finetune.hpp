@@ -68,6 +68,7 @@ struct TrainArgs {
   int64_t seed = 0, max_steps = 0;
   int64_t max_train = 0, max_eval = 0;  ///< use only the first N examples (0: all)
   int64_t eval_batch = 64;
+  int64_t log_every = 10;  ///< a progress line every N steps (train_log.csv has every step)
   std::string device = "cpu";
   int dist_timeout = 300;
 };
@@ -96,7 +97,8 @@ struct TrainResult {
 };
 
 /// Trains, evaluating after every epoch; writes out/epoch_N (adapter + trainer state),
-/// out/best (the best epoch's adapter), out/metrics.json. Data parallel under torchrun's variables.
+/// out/best (the best epoch's adapter), out/metrics.json, out/train_log.csv. Data parallel under torchrun's variables.
+/// A run resumed with `resume` evaluates, reports and picks the best among the epochs it runs.
 TrainResult train(const TrainArgs& a);
 
 /// `glue eval` / `glue predict`: the model with an adapter folder (optional) on the task's eval files.

@@ -44,6 +44,7 @@ void add_train_options(CLI::App* cmd, glue::TrainArgs& t) {
   cmd->add_option("--init-loralib", t.init_loralib, "the same from a loralib checkpoint (roberta_base_lora_mnli.bin)");
   cmd->add_option("--resume", t.resume, "trainer_state.pt (or an epoch_N folder) to continue from");
   cmd->add_option("--device", t.device)->capture_default_str();
+  cmd->add_option("--log-every", t.log_every, "a progress line every N steps (train_log.csv has every step)")->capture_default_str();
 }
 
 int run_main(int argc, char** argv) {

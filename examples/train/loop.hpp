@@ -68,7 +68,8 @@ struct StateTag {
 };
 
 /// Where a run is: the next batch is `batch` (0-based) of epoch `epoch` (1-based); `step` batches
-/// were trained so far, holding `units` items (tokens or examples, as the model counts them).
+/// were trained so far, holding `tokens` items (the `units` step() was given: GPT-2 counts
+/// completion tokens, a GLUE task examples).
 struct Position {
   int64_t epoch = 1, batch = 0, step = 0, tokens = 0;
 };

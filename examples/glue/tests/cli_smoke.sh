@@ -21,11 +21,13 @@ for f in config.json model.safetensors; do test -f "$work/model/$f"; done
 
 common=(--model "$work/model" --tokenizer "$tok" --data "$work/glue" --task rte --batch-size 8 --max-len 64)
 "$bin" train "${common[@]}" --out "$work/run" --epochs 2
-for f in epoch_1/adapter_config.json epoch_2/trainer_state.pt best/adapter_model.safetensors metrics.json report.md; do
+for f in epoch_1/adapter_config.json epoch_2/trainer_state.pt best/adapter_model.safetensors metrics.json report.md train_log.csv; do
   test -f "$work/run/$f"
 done
 grep -q '"task_type": "SEQ_CLS"' "$work/run/best/adapter_config.json"
 tr -d ' \n' < "$work/run/best/adapter_config.json" | grep -q '"modules_to_save":\["classifier"\]'
+[ "$(wc -l < "$work/run/train_log.csv")" -eq 9 ]  # header + 2 epochs of 4 steps
+head -n 1 "$work/run/train_log.csv" | grep -q '^step,epoch,loss,lr,examples,seconds$'
 
 # The best adapter (with its head) scores what training reported for the best epoch.
 best=$(tr -d ' \n' < "$work/run/metrics.json" | sed 's/.*"best_epoch":\([0-9]*\).*/\1/')
