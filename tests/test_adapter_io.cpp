@@ -390,6 +390,14 @@ TEST_F(AdapterFileTest, ModulesToSaveTravelAsPeftSavesThem) {
   msg = error_of<std::runtime_error>([&] { lora::load_adapter(*c3, part.string()); });
   EXPECT_NE(msg.find("has no tensor for 'classifier.out_proj.bias' of module 'classifier', which adapter_config.json's "
                      "modules_to_save lists"), std::string::npos) << msg;
+  // The same head tensor twice (PEFT's copy prefix is read too).
+  auto twice = temp_dir("seqcls_twice");
+  fs::copy_file(dir / "adapter_config.json", twice / "adapter_config.json");
+  auto doubled = tensors;
+  doubled.emplace_back("base_model.model.classifier.modules_to_save.default.out_proj.bias", std::vector<int64_t>{3}, ob);
+  write_text(twice / "adapter_model.safetensors", hand_file(doubled));
+  msg = error_of<std::runtime_error>([&] { lora::load_adapter(*c3, twice.string()); });
+  EXPECT_NE(msg.find("are both 'classifier.out_proj.bias' of modules_to_save"), std::string::npos) << msg;
   msg = error_of<std::invalid_argument>(
       [&] { lora::save_adapter(*m, out.string(), lora::SaveAdapterOptions().modules_to_save({"score"})); });
   EXPECT_NE(msg.find("modules_to_save names 'score', which is no module of this model"), std::string::npos) << msg;

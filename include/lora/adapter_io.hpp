@@ -319,25 +319,28 @@ inline AdapterPlan read_adapter(torch::nn::Module& model, const std::string& dir
     const bool is_magnitude = !is_linear && !is_embedding && std::regex_match(rest, m, magnitude_key);
     if (!is_linear && !is_embedding && !is_magnitude) {
       std::string inner;
-      if (const SavedModule* m = saved_of(rest, inner)) {
+      if (const SavedModule* sm = saved_of(rest, inner)) {
         if (!load_saved) continue;
-        const auto params = m->module->named_parameters(/*recurse=*/true);
-        const auto buffers = m->module->named_buffers(/*recurse=*/true);
+        const auto params = sm->module->named_parameters(/*recurse=*/true);
+        const auto buffers = sm->module->named_buffers(/*recurse=*/true);
         const torch::Tensor* target = params.find(inner);
         if (!target) target = buffers.find(inner);
         if (!target) {
           std::vector<std::string> known;
           for (const auto& p : params) known.push_back(p.key());
-          throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' belongs to module '" + m->file_path +
+          throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' belongs to module '" + sm->file_path +
                                    "' of modules_to_save, which has no parameter or buffer '" + inner + "' (it has " +
                                    list_names(known) + "): another head architecture?");
         }
         if (target->sizes() != torch::IntArrayRef(t.shape))
           throw std::runtime_error("'" + st_path + "': tensor '" + t.name + "' has shape " + shape_str(t.shape) +
-                                   ", the model's '" + m->path + "." + inner + "' has shape " + shape_str(target->sizes()) +
+                                   ", the model's '" + sm->path + "." + inner + "' has shape " + shape_str(target->sizes()) +
                                    ": a head for another number of labels, or another base model? (to start from the "
                                    "adapter with a fresh head, load without its modules_to_save)");
-        saved_views[m->path + "." + inner] = &t;
+        const auto [at, fresh] = saved_views.emplace(sm->path + "." + inner, &t);
+        if (!fresh)
+          throw std::runtime_error("'" + st_path + "': tensors '" + at->second->name + "' and '" + t.name + "' are both '" +
+                                   sm->file_path + "." + inner + "' of modules_to_save");
         continue;
       }
       if (cfg.bias != Bias::None && rest.size() > 5 && rest.compare(rest.size() - 5, 5, ".bias") == 0) {
