@@ -1,7 +1,8 @@
 #pragma once
 // The `run` subcommand's outputs: report.md (configuration actually used, cost, metrics next to the
-// paper's Table 3) and loss.svg.
+// paper's Table 3) and loss.svg (training::write_loss_svg).
 
+#include "plots.hpp"
 #include "scorer.hpp"
 #include "trainer.hpp"
 
@@ -27,24 +28,13 @@ struct RunReport {
 /// Writes report.md.
 void write_report(const std::string& path, const RunReport& r);
 
-/// The training loss as an SVG polyline (raw per-step loss and a 20-step moving average).
-void write_loss_svg(const std::string& path, const std::vector<double>& losses);
-
 /// "qv" -> "W_q, W_v": TrainOptions::weights as the paper writes them.
 std::string weight_types(const std::string& weights);
 
-/// A [rows, cols] grid of values in [0, 1] as an SVG heat map (the paper's Figures 3 and 4): row
-/// i (1-based) top to bottom, column j left to right, a colour bar, each cell's value on hover.
-void write_heatmap_svg(const std::string& path, const torch::Tensor& grid, const std::string& title, const std::string& row_axis,
-                       const std::string& col_axis);
-
-/// One named series per line (e.g. ΔW's singular values, each normalised by its first), plotted
-/// against their 1-based index on a [0, 1] axis. A series' colour follows its `group`.
-struct Series {
-  std::string name, group;
-  std::vector<double> values;
-};
-void write_lines_svg(const std::string& path, const std::vector<Series>& series, const std::string& title, const std::string& x_axis,
-                     const std::string& y_axis);
+// The shared figures (examples/train/plots.hpp), used here as the E2E report's own.
+using training::Series;
+using training::write_heatmap_svg;
+using training::write_lines_svg;
+using training::write_loss_svg;
 
 }  // namespace e2e

@@ -2,6 +2,7 @@
 
 #include "checkpoint.hpp"
 #include "loralib_checkpoint.hpp"
+#include "plots.hpp"
 #include "progress.hpp"
 
 #include <lora/lora.hpp>
@@ -243,6 +244,7 @@ TrainResult train(const TrainArgs& a) {
     const auto batch = make_batch(train_set, idx, pad_id, regression, a.pad_to);
     const double loss = trainer.step([&] { return sequence_loss(*model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
     progress.record(epoch, loss, lr, trainer.position());
+    r.losses.push_back(loss);
     loss_sum += loss;
     ++loss_n;
     const bool epoch_end = trainer.position().batch == 0;
@@ -288,6 +290,7 @@ TrainResult train(const TrainArgs& a) {
       j["epochs"].push_back(row);
     }
     lora::write_text_file(a.out + "/metrics.json", j.dump(2) + "\n");
+    if (!r.losses.empty()) training::write_loss_svg(a.out + "/loss.svg", r.losses);
   }
   return r;
 }
@@ -371,7 +374,8 @@ void write_report(const std::string& path, const TrainArgs& a, const TrainResult
     << (a.pad_to > 0 ? " (padded to " + std::to_string(a.pad_to) + ")" : " (padded to each batch's longest)") << " |\n"
     << "| training examples | " << r.train_examples << " |\n"
     << "| seed | " << a.seed << " |\n"
-    << "| time | " << std::setprecision(1) << r.seconds << " s |\n\n";
+    << "| time | " << std::setprecision(1) << r.seconds << " s |\n\n"
+    << (r.losses.empty() ? "" : "![training loss](loss.svg)\n\n");
   s << "## Epochs\n\n| epoch | train loss |";
   std::vector<std::string> keys;
   if (!r.epochs.empty())

@@ -93,11 +93,12 @@ struct TrainResult {
   size_t best = 0;  ///< index into epochs of the best headline (the paper reports the best epoch)
   Preset preset;    ///< the values that ran (preset and overrides)
   int64_t trainable = 0, total = 0, steps = 0, train_examples = 0;
+  std::vector<double> losses;  ///< per step, as trained in this run
   double seconds = 0;
 };
 
 /// Trains, evaluating after every epoch; writes out/epoch_N (adapter + trainer state),
-/// out/best (the best epoch's adapter), out/metrics.json, out/train_log.csv. Data parallel under torchrun's variables.
+/// out/best (the best epoch's adapter), out/metrics.json, out/train_log.csv, out/loss.svg. Data parallel under torchrun's variables.
 /// A run resumed with `resume` evaluates, reports and picks the best among the epochs it runs.
 TrainResult train(const TrainArgs& a);
 

@@ -21,7 +21,7 @@ for f in config.json model.safetensors; do test -f "$work/model/$f"; done
 
 common=(--model "$work/model" --tokenizer "$tok" --data "$work/glue" --task rte --batch-size 8 --max-len 64)
 "$bin" train "${common[@]}" --out "$work/run" --epochs 2
-for f in epoch_1/adapter_config.json epoch_2/trainer_state.pt best/adapter_model.safetensors metrics.json report.md train_log.csv; do
+for f in epoch_1/adapter_config.json epoch_2/trainer_state.pt best/adapter_model.safetensors metrics.json report.md train_log.csv loss.svg; do
   test -f "$work/run/$f"
 done
 grep -q '"task_type": "SEQ_CLS"' "$work/run/best/adapter_config.json"
