@@ -21,17 +21,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string data_dir() {
-  if (const char* env = std::getenv("LORA_DATA_DIR")) return env;
-  return std::string(LORA_SOURCE_DIR) + "/../shared/data";
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -47,11 +41,11 @@ std::shared_ptr<roberta::RobertaForSequenceClassificationImpl> model_of(int64_t 
   return m;
 }
 
-training::Options step_options(int64_t examples) {
+training::Options step_options() {
   glue::TrainArgs a;
   a.batch_size = 8;
   a.epochs = 1000;  // never done within a benchmark
-  return glue::loop_options(a, glue::resolved_preset(a), static_cast<size_t>(examples));
+  return glue::loop_options(a, glue::resolved_preset(a));
 }
 
 double timed_step(training::Trainer& t, roberta::RobertaForSequenceClassificationImpl& m, const std::vector<glue::Encoded>& data,
@@ -64,7 +58,7 @@ double timed_step(training::Trainer& t, roberta::RobertaForSequenceClassificatio
 }
 
 void BM_GlueStepPaddedTo512VsToTheBatch(benchmark::State& state) {
-  const std::string data = data_dir();
+  const std::string data = glue::default_data_dir();
   if (!fs::exists(data + "/glue/RTE/train.tsv") || !fs::exists(data + "/roberta/vocab.json")) {
     state.SkipWithError(("RTE or RoBERTa's tokenizer not found under " + data + " (set LORA_DATA_DIR)").c_str());
     return;
@@ -75,8 +69,8 @@ void BM_GlueStepPaddedTo512VsToTheBatch(benchmark::State& state) {
   examples.resize(std::min<size_t>(examples.size(), 512));
   const auto encoded = glue::encode_all(tok, examples, 512);
   auto to_batch = model_of(2, 1), to_512 = model_of(2, 1);
-  training::Trainer batch_run(to_batch, step_options(static_cast<int64_t>(encoded.size())), encoded.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
-  training::Trainer full_run(to_512, step_options(static_cast<int64_t>(encoded.size())), encoded.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer batch_run(to_batch, step_options(), encoded.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer full_run(to_512, step_options(), encoded.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
   std::vector<double> ratios, batch_s, full_s, lengths;
   for (auto _ : state) {
     const auto idx = batch_run.next_indices();
@@ -114,7 +108,7 @@ void BM_RobertaBaseLoRAStep(benchmark::State& state) {
     e.label = static_cast<int64_t>(e.ids[1] % 2);
   }
   auto m = model_of(12, 2);
-  training::Trainer t(m, step_options(static_cast<int64_t>(data.size())), data.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer t(m, step_options(), data.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
   timed_step(t, *m, data, 0);  // warm-up: the first step allocates the optimizer's moments
   std::vector<double> times;
   for (auto _ : state) {

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -135,13 +136,23 @@ std::vector<Example> first_n(std::vector<Example> v, int64_t n) {
 /// "dev" for dev.tsv, "dev_mismatched" for dev_mismatched.tsv.
 std::string stem(const std::string& file) { return file.substr(0, file.find('.')); }
 
+using EvalSets = std::vector<std::pair<std::string, std::vector<Encoded>>>;
+
+/// The task's eval files (the first `max_eval` examples of each), encoded, by stem.
+EvalSets eval_sets(const Task& task, const roberta::Tokenizer& tok, const std::string& data, int64_t max_eval, int64_t max_len) {
+  EvalSets sets;
+  for (const auto& f : task.eval_files)
+    sets.emplace_back(stem(f), encode_all(tok, first_n(read_tsv(task, task_file(task, data, f)), max_eval), max_len));
+  return sets;
+}
+
 /// The adapter with its head, as PEFT saves a sequence-classification adapter.
 void save_with_head(roberta::RobertaForSequenceClassificationImpl& model, const std::string& dir) {
   lora::save_adapter(model, dir, lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save({"classifier"}));
 }
 
 std::map<std::string, double> eval_files(const Task& task, roberta::RobertaForSequenceClassificationImpl& model,
-                                         const std::vector<std::pair<std::string, std::vector<Encoded>>>& sets, int64_t batch,
+                                         const EvalSets& sets, int64_t batch,
                                          int64_t pad_id, int64_t pad_to, std::vector<torch::Tensor>* logits = nullptr) {
   std::map<std::string, double> out;
   for (const auto& [name, examples] : sets) {
@@ -166,7 +177,7 @@ Preset resolved_preset(const TrainArgs& a) {
   return p;
 }
 
-training::Options loop_options(const TrainArgs& a, const Preset& p, size_t examples) {
+training::Options loop_options(const TrainArgs& a, const Preset& p) {
   training::Options o;
   o.lr = p.lr;
   o.weight_decay = a.weight_decay;
@@ -178,10 +189,7 @@ training::Options loop_options(const TrainArgs& a, const Preset& p, size_t examp
   o.max_steps = a.max_steps;
   o.seed = a.seed;
   o.device = a.device;
-  const int64_t per_epoch = (static_cast<int64_t>(examples) + o.batch_size - 1) / o.batch_size;
-  int64_t total = per_epoch * o.epochs;
-  if (o.max_steps > 0) total = std::min(total, o.max_steps);
-  o.warmup = static_cast<int64_t>(std::ceil(static_cast<double>(total) * a.warmup_ratio));  // HF: ceil(T · ratio)
+  o.warmup_ratio = a.warmup_ratio;  // the Trainer takes ceil(T · ratio) of its T steps, as HF does
   return o;
 }
 
@@ -198,25 +206,22 @@ TrainResult train(const TrainArgs& a) {
   const bool lead = group.rank() == 0;
   const auto tok = tokenizer_for(a.tokenizer, a.model);
   const auto train_set = encode_all(tok, first_n(read_tsv(task, task_file(task, a.data, "train.tsv")), a.max_train), p.max_len);
-  std::vector<std::pair<std::string, std::vector<Encoded>>> evals;
-  for (const auto& f : task.eval_files)
-    evals.emplace_back(stem(f), encode_all(tok, first_n(read_tsv(task, task_file(task, a.data, f)), a.max_eval), p.max_len));
+  const EvalSets evals = eval_sets(task, tok, a.data, a.max_eval, p.max_len);
   r.train_examples = static_cast<int64_t>(train_set.size());
 
   auto model = load_model(a.model, task.num_labels());
   if (!a.init_loralib.empty()) {  // the released MNLI adapter at its own rank; the head stays fresh
     roberta::apply_loralib_checkpoint(*model, roberta::read_loralib_checkpoint(a.init_loralib), /*with_head=*/false, "default");
-    for (auto& q : model->classifier->parameters()) q.set_requires_grad(true);
   } else {
     prepare_for_lora(*model, a.rank, a.alpha);
   }
   if (!a.init_adapter.empty()) {  // A and B of the MNLI adapter; the head stays fresh (the reference drops it by shape)
     lora::load_adapter(*model, a.init_adapter,
                        lora::LoadAdapterOptions().if_exists(lora::IfExists::Replace).trainable(true).load_modules_to_save(false));
-    for (auto& q : model->classifier->parameters()) q.set_requires_grad(true);
   }
+  for (auto& q : model->classifier->parameters()) q.set_requires_grad(true);  // the head trains in full, however the adapter began
 
-  const training::Options o = loop_options(a, p, train_set.size());
+  const training::Options o = loop_options(a, p);
   std::vector<training::StateTag> tags{{"task", task.name, [name = task.name](const std::string& saved) {
                                        return "was saved by a --task " + saved + " run; this run is --task " + name;
                                      }},
@@ -231,7 +236,6 @@ TrainResult train(const TrainArgs& a) {
   r.steps = trainer.total_steps();
   if (!a.resume.empty()) trainer.load_state(a.resume);
   const bool regression = task.regression();
-  const auto start = std::chrono::steady_clock::now();
   if (lead) fs::create_directories(a.out);
   training::Progress progress(trainer.position(), trainer.total_steps(), a.out + "/train_log.csv",
                               !a.resume.empty() && fs::exists(a.out + "/train_log.csv"), a.log_every, lead, "examples");
@@ -251,7 +255,7 @@ TrainResult train(const TrainArgs& a) {
     if (!epoch_end && !trainer.done()) continue;
     progress.newline();
     EpochResult e;
-    e.epoch = trainer.position().batch == 0 ? trainer.position().epoch - 1 : trainer.position().epoch;
+    e.epoch = epoch;  // the epoch of the batch just trained
     e.train_loss = loss_sum / static_cast<double>(std::max<int64_t>(1, loss_n));
     loss_sum = 0;
     loss_n = 0;
@@ -277,7 +281,7 @@ TrainResult train(const TrainArgs& a) {
       r.epochs.push_back(e);
     }
   }
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.seconds = progress.seconds();
   if (lead) {
     nlohmann::ordered_json j;
     j["task"] = task.name;
@@ -301,9 +305,7 @@ std::map<std::string, double> evaluate(const EvalArgs& a) {
   auto model = load_model(a.model, task.num_labels());
   if (!a.adapter.empty()) lora::load_adapter(*model, a.adapter);
   model->to(training::device_named(a.device));
-  std::vector<std::pair<std::string, std::vector<Encoded>>> sets;
-  for (const auto& f : task.eval_files)
-    sets.emplace_back(stem(f), encode_all(tok, first_n(read_tsv(task, task_file(task, a.data, f)), a.max_eval), a.max_len));
+  const EvalSets sets = eval_sets(task, tok, a.data, a.max_eval, a.max_len);
   std::vector<torch::Tensor> logits;
   auto metrics = eval_files(task, *model, sets, a.batch_size, tok.pad_id(), a.pad_to, &logits);
   if (!a.logits_out.empty()) {
@@ -317,6 +319,11 @@ std::map<std::string, double> evaluate(const EvalArgs& a) {
     lora::write_text_file(a.logits_out, text);
   }
   return metrics;
+}
+
+std::string default_data_dir() {
+  if (const char* env = std::getenv("LORA_DATA_DIR")) return env;
+  return std::string(LORA_SOURCE_DIR) + "/../shared/data";
 }
 
 void init_model(const std::string& dir, int64_t layers, int64_t hidden, int64_t num_labels, uint64_t seed) {

@@ -76,9 +76,9 @@ struct TrainArgs {
 /// The task's preset with the run's overrides (recipe.hpp).
 Preset resolved_preset(const TrainArgs& a);
 /// The shared loop's options for the recipe: transformers 4.4's AdamW rule (training::ReferenceAdamW)
-/// with eps, weight decay and clipping from `a`, the global batch, and ceil(T · warmup_ratio)
-/// warm-up steps for the T steps of `examples` examples (HF's get_warmup_steps).
-training::Options loop_options(const TrainArgs& a, const Preset& p, size_t examples);
+/// with eps, weight decay and clipping from `a`, the global batch, and the warm-up ratio (the
+/// Trainer turns it into ceil(T · ratio) steps, HF's get_warmup_steps).
+training::Options loop_options(const TrainArgs& a, const Preset& p);
 
 /// One epoch's evaluation.
 struct EpochResult {
@@ -111,6 +111,10 @@ struct EvalArgs {
 /// Metrics per eval file ("dev/accuracy", ...); with logits_out, writes one JSON array of logits
 /// per line, one line per example in input order (all eval files, one after the other).
 std::map<std::string, double> evaluate(const EvalArgs& a);
+
+/// Where the smoke run and the benchmark read RTE and RoBERTa's tokenizer: $LORA_DATA_DIR, else
+/// ../shared/data beside the checkout.
+std::string default_data_dir();
 
 /// `glue init`: a small random RoBERTa folder (config.json + model.safetensors) with RoBERTa's
 /// vocabulary size and `num_labels`, for the smoke run and tests.

@@ -4,7 +4,6 @@
 
 #include "finetune.hpp"
 
-#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -13,12 +12,6 @@ namespace {
 namespace fs = std::filesystem;
 
 const char* kModelHelp = "HF RoBERTa folder (config.json, model.safetensors; vocab.json and merges.txt unless --tokenizer)";
-
-/// ../shared/data beside the checkout (or $LORA_DATA_DIR), for the smoke defaults.
-std::string shared_data() {
-  if (const char* env = std::getenv("LORA_DATA_DIR")) return env;
-  return std::string(LORA_SOURCE_DIR) + "/../shared/data";
-}
 
 void add_train_options(CLI::App* cmd, glue::TrainArgs& t) {
   cmd->add_option("--task", t.task, "cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte")->capture_default_str();
@@ -103,7 +96,7 @@ int run_main(int argc, char** argv) {
   } else if (*run) {
     const bool smoke = s.model.empty();
     if (smoke) {
-      const std::string data = shared_data();
+      const std::string data = glue::default_data_dir();
       if (s.data.empty()) s.data = data + "/glue";
       if (s.tokenizer.empty()) s.tokenizer = data + "/roberta";
       if (!fs::exists(s.data + "/RTE/train.tsv") || !fs::exists(s.tokenizer + "/vocab.json"))

@@ -7,6 +7,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -165,6 +166,7 @@ Trainer::Trainer(std::shared_ptr<torch::nn::Module> model, Options options, size
   per_epoch_ = (static_cast<int64_t>(num_examples_) + o_.batch_size - 1) / o_.batch_size;
   total_steps_ = per_epoch_ * o_.epochs;
   if (o_.max_steps > 0) total_steps_ = std::min(total_steps_, o_.max_steps);
+  if (o_.warmup_ratio > 0) o_.warmup = static_cast<int64_t>(std::ceil(static_cast<double>(total_steps_) * o_.warmup_ratio));
 }
 
 int64_t Trainer::trainable_count() const {

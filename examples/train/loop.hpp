@@ -46,6 +46,9 @@ struct Options {
   double lr = 2e-4, weight_decay = 0.01, eps = 1e-6;
   double clip = 0;             ///< max gradient norm; 0: off
   int64_t warmup = 0;          ///< linear warm-up steps, then linear decay to 0
+  /// > 0: the warm-up is ceil(T · ratio) of the run's T steps instead (HF's get_warmup_steps); the
+  /// Trainer's options() then hold the steps.
+  double warmup_ratio = 0;
   UpdateRule optimizer = UpdateRule::Reference;
   int64_t epochs = 1, batch_size = 8, grad_accum = 1, max_steps = 0;  ///< max_steps 0: all epochs
   bool group_by_length = false;  ///< needs the examples' lengths

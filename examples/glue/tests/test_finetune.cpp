@@ -111,10 +111,9 @@ TEST(GlueFinetune, RecipeStepsFollowTransformersAdamWScheduleAndClippingInFloat6
   a.clip = 0.5;  // small enough to bind
   const auto ex = examples(10, 2, 3);
   const auto preset = glue::resolved_preset(a);
-  const auto o = glue::loop_options(a, preset, ex.size());
+  const auto o = glue::loop_options(a, preset);
   model_dir(2);  // written before the seeding below
   const int64_t T = 2 * 3, W = static_cast<int64_t>(std::ceil(T * 0.06));  // 3 batches of 4 per epoch
-  EXPECT_EQ(o.warmup, W);
   EXPECT_EQ(o.eps, 1e-8);
   EXPECT_EQ(o.weight_decay, 0.1);
 
@@ -148,6 +147,7 @@ TEST(GlueFinetune, RecipeStepsFollowTransformersAdamWScheduleAndClippingInFloat6
   EXPECT_GT(exempt, 0) << "the classifier's biases take no weight decay";
 
   training::Trainer trainer(model, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  EXPECT_EQ(trainer.options().warmup, W);  // the ratio's ceil(T · 0.06) steps
   for (int64_t k = 0; k < T; ++k) {
     const auto idx = trainer.next_indices();
     const auto batch = glue::make_batch(ex, idx, 1, false);
@@ -190,7 +190,7 @@ TEST(GlueFinetune, ResumedRunEqualsTheUninterruptedOne) {
   a.epochs = 2;
   a.batch_size = 4;
   const auto ex = examples(10, 2, 4);
-  const auto o = glue::loop_options(a, glue::resolved_preset(a), ex.size());
+  const auto o = glue::loop_options(a, glue::resolved_preset(a));
   const auto dir = model_dir(2);
   auto fresh = [&] {
     torch::manual_seed(9);

@@ -41,7 +41,7 @@ training::Options options() {
   a.epochs = 2;
   a.batch_size = 4;
   a.lr = 5e-3;
-  return glue::loop_options(a, glue::resolved_preset(a), 10);
+  return glue::loop_options(a, glue::resolved_preset(a));
 }
 
 std::vector<torch::Tensor> run(const std::string& dir, lora::dist::ProcessGroup group) {
