@@ -14,6 +14,7 @@ packages=(
   libssl-dev pkg-config # SHA-256 in the tokenizer parity test; finding PCRE2
   libcurl4-openssl-dev  # downloading hub models (gpt2-medium) into the HuggingFace cache
   libgloo-dev           # Gloo's headers, which LibTorch's c10d headers include (lora/distributed.hpp)
+  libsentencepiece-dev  # DeBERTa-v2's tokenizer (spm.model), and training small models in its tests
   curl ca-certificates  # scripts/get-data.sh, only where the data is not at hand
 )
 [ "${1:-}" = "--fuzz" ] && packages+=(clang-14 libclang-rt-14-dev)

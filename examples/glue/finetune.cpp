@@ -22,7 +22,7 @@ namespace glue {
 
 namespace fs = std::filesystem;
 
-std::vector<Encoded> encode_all(const roberta::Tokenizer& tok, const std::vector<Example>& examples, int64_t max_len) {
+std::vector<Encoded> encode_all(const PairTokenizer& tok, const std::vector<Example>& examples, int64_t max_len) {
   std::vector<Encoded> out;
   out.reserve(examples.size());
   for (const auto& e : examples) out.push_back({tok.encode_example(e.text_a, e.text_b, max_len), e.label, e.score});
@@ -52,12 +52,12 @@ Batch make_batch(const std::vector<Encoded>& examples, const std::vector<size_t>
   return b;
 }
 
-training::LossSums sequence_loss(roberta::RobertaForSequenceClassificationImpl& model, const Batch& batch) {
-  const auto device = model.classifier->out_proj->weight.device();
+training::LossSums sequence_loss(const Model& model, const Batch& batch) {
+  const auto device = model.device();
   auto logits = model.forward(batch.input_ids.to(device), batch.attention_mask.to(device)).to(torch::kFloat);
   auto labels = batch.labels.to(device);
   torch::Tensor per_example;
-  if (model.config.num_labels == 1)  // HF: MSELoss on logits.view(-1)
+  if (model.num_labels == 1)  // HF: MSELoss on logits.view(-1)
     per_example = (logits.view({-1}) - labels).pow(2);
   else
     per_example = torch::nn::functional::cross_entropy(
@@ -65,19 +65,19 @@ training::LossSums sequence_loss(roberta::RobertaForSequenceClassificationImpl& 
   return {per_example.sum(), torch::tensor(static_cast<double>(batch.size()), torch::kDouble).to(device)};
 }
 
-torch::Tensor predict_logits(roberta::RobertaForSequenceClassificationImpl& model, const std::vector<Encoded>& examples,
-                             int64_t batch_size, int64_t pad_id, int64_t pad_to) {
+torch::Tensor predict_logits(const Model& model, const std::vector<Encoded>& examples, int64_t batch_size, int64_t pad_id,
+                             int64_t pad_to) {
   torch::NoGradGuard no_grad;
-  model.eval();
-  const auto device = model.classifier->out_proj->weight.device();
+  model->eval();
+  const auto device = model.device();
   std::vector<torch::Tensor> parts;
   for (size_t at = 0; at < examples.size(); at += static_cast<size_t>(batch_size)) {
     std::vector<size_t> idx;
     for (size_t i = at; i < std::min(examples.size(), at + static_cast<size_t>(batch_size)); ++i) idx.push_back(i);
-    auto b = make_batch(examples, idx, pad_id, model.config.num_labels == 1, pad_to);
+    auto b = make_batch(examples, idx, pad_id, model.num_labels == 1, pad_to);
     parts.push_back(model.forward(b.input_ids.to(device), b.attention_mask.to(device)).to(torch::kCPU, torch::kFloat));
   }
-  if (parts.empty()) return torch::zeros({0, model.config.num_labels});
+  if (parts.empty()) return torch::zeros({0, model.num_labels});
   return torch::cat(parts);
 }
 
@@ -106,27 +106,27 @@ bool decays(const std::string& name) {
   return name.find("bias") == std::string::npos && name.find("LayerNorm.") == std::string::npos;
 }
 
-void prepare_for_lora(roberta::RobertaForSequenceClassificationImpl& model, int64_t rank, double alpha) {
-  lora::inject_lora(model, roberta::paper_lora_config().r(rank).alpha(alpha));
-  for (auto& p : model.classifier->parameters()) p.set_requires_grad(true);
+namespace {
+
+/// The head's parameters (the modules named in model.head) train in full.
+void train_head(const Model& model) {
+  for (const auto& name : model.head)
+    for (auto& p : model->named_children()[name]->parameters()) p.set_requires_grad(true);
 }
 
-std::shared_ptr<roberta::RobertaForSequenceClassificationImpl> load_model(const std::string& dir, int64_t num_labels) {
-  std::vector<std::string> fresh;
-  auto model = roberta::RobertaForSequenceClassificationImpl::from_pretrained(dir, &fresh, num_labels);
-  if (!fresh.empty()) std::cerr << "glue: '" << dir << "' has no classifier: the head starts fresh (as transformers does)\n";
-  return model;
+}  // namespace
+
+void prepare_for_lora(const Model& model, int64_t rank, double alpha) {
+  lora::inject_lora(*model.module, lora::LoRAConfig(model.lora).r(rank).alpha(alpha));
+  if (model.arch == "deberta-v2") {  // DebertaV2PreTrainedModel._init_weights redraws lora_A from N(0, initializer_range)
+    torch::NoGradGuard no_grad;
+    for (const auto& [path, layer] : lora::detail::lora_layers(*model.module))
+      if (layer->has_adapter("default")) layer->lora_A("default").normal_(0.0, 0.02);
+  }
+  train_head(model);
 }
 
 namespace {
-
-/// The tokenizer: --tokenizer, else the model folder's vocab.json + merges.txt, else ../shared's.
-roberta::Tokenizer tokenizer_for(const std::string& tokenizer, const std::string& model) {
-  if (!tokenizer.empty()) return roberta::Tokenizer::from_dir(tokenizer);
-  if (fs::exists(model + "/vocab.json") && fs::exists(model + "/merges.txt")) return roberta::Tokenizer::from_dir(model);
-  throw std::invalid_argument("'" + model + "' has no vocab.json and merges.txt: pass --tokenizer with RoBERTa's "
-                              "(../shared/data/roberta beside the checkout has roberta-base's)");
-}
 
 std::vector<Example> first_n(std::vector<Example> v, int64_t n) {
   if (n > 0 && static_cast<int64_t>(v.size()) > n) v.resize(static_cast<size_t>(n));
@@ -139,7 +139,7 @@ std::string stem(const std::string& file) { return file.substr(0, file.find('.')
 using EvalSets = std::vector<std::pair<std::string, std::vector<Encoded>>>;
 
 /// The task's eval files (the first `max_eval` examples of each), encoded, by stem.
-EvalSets eval_sets(const Task& task, const roberta::Tokenizer& tok, const std::string& data, int64_t max_eval, int64_t max_len) {
+EvalSets eval_sets(const Task& task, const PairTokenizer& tok, const std::string& data, int64_t max_eval, int64_t max_len) {
   EvalSets sets;
   for (const auto& f : task.eval_files)
     sets.emplace_back(stem(f), encode_all(tok, first_n(read_tsv(task, task_file(task, data, f)), max_eval), max_len));
@@ -147,11 +147,18 @@ EvalSets eval_sets(const Task& task, const roberta::Tokenizer& tok, const std::s
 }
 
 /// The adapter with its head, as PEFT saves a sequence-classification adapter.
-void save_with_head(roberta::RobertaForSequenceClassificationImpl& model, const std::string& dir) {
-  lora::save_adapter(model, dir, lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save({"classifier"}));
+void save_with_head(const Model& model, const std::string& dir) {
+  lora::save_adapter(*model.module, dir, lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save(model.head));
 }
 
-std::map<std::string, double> eval_files(const Task& task, roberta::RobertaForSequenceClassificationImpl& model,
+/// "query,value r=8": what a trainer state records as adapted.
+std::string adapted_tag(const Model& model, int64_t rank) {
+  std::string out;
+  for (const auto& t : model.lora.target_modules()) out += (out.empty() ? "" : ",") + t.substr(t.rfind('.') + 1);
+  return out + " r=" + std::to_string(rank);
+}
+
+std::map<std::string, double> eval_files(const Task& task, const Model& model,
                                          const EvalSets& sets, int64_t batch,
                                          int64_t pad_id, int64_t pad_to, std::vector<torch::Tensor>* logits = nullptr) {
   std::map<std::string, double> out;
@@ -166,7 +173,7 @@ std::map<std::string, double> eval_files(const Task& task, roberta::RobertaForSe
 }  // namespace
 
 Preset resolved_preset(const TrainArgs& a) {
-  Preset p = preset(a.preset_model, task_named(a.task));
+  Preset p = preset(a.preset_model.empty() ? default_preset(a.arch) : a.preset_model, task_named(a.task));
   if (a.lr > 0) p.lr = a.lr;
   if (a.epochs > 0) p.epochs = a.epochs;
   if (a.batch_size > 0) {
@@ -174,13 +181,22 @@ Preset resolved_preset(const TrainArgs& a) {
     p.devices = 1;
   }
   if (a.max_len > 0) p.max_len = a.max_len;
+  if (a.rank > 0) p.rank = a.rank;
+  if (a.alpha > 0) p.alpha = a.alpha;
+  if (a.weight_decay >= 0) p.weight_decay = a.weight_decay;
+  if (a.warmup_ratio >= 0) {
+    p.warmup_ratio = a.warmup_ratio;
+    p.warmup_steps = 0;
+  }
+  if (a.warmup_steps >= 0) p.warmup_steps = a.warmup_steps;  // HF: warmup_steps > 0 wins over the ratio
+  if (a.cls_dropout >= 0) p.cls_dropout = a.cls_dropout;
   return p;
 }
 
 training::Options loop_options(const TrainArgs& a, const Preset& p) {
   training::Options o;
   o.lr = p.lr;
-  o.weight_decay = a.weight_decay;
+  o.weight_decay = p.weight_decay;
   o.eps = a.eps;
   o.clip = a.clip;
   o.optimizer = training::UpdateRule::Reference;  // transformers 4.4's AdamW: the same rule as examples/NLG's
@@ -189,14 +205,21 @@ training::Options loop_options(const TrainArgs& a, const Preset& p) {
   o.max_steps = a.max_steps;
   o.seed = a.seed;
   o.device = a.device;
-  o.warmup_ratio = a.warmup_ratio;  // the Trainer takes ceil(T · ratio) of its T steps, as HF does
+  if (p.warmup_steps > 0) o.warmup = p.warmup_steps;
+  else o.warmup_ratio = p.warmup_ratio;  // the Trainer takes ceil(T · ratio) of its T steps, as HF does
+  // The scripts' fp16 (Apex/AMP) becomes bf16 autocast where it exists (CUDA); CPUs train in fp32.
+  if (p.fp16 && training::device_named(a.device).is_cuda()) o.dtype = training::Precision::BF16;
   return o;
 }
 
-TrainResult train(const TrainArgs& a) {
+TrainResult train(const TrainArgs& args) {
+  TrainArgs a = args;
+  a.arch = arch_of(a.model);
   const Task& task = task_named(a.task);
   TrainResult r;
   r.preset = resolved_preset(a);
+  r.arch = a.arch;
+  r.preset_model = a.preset_model.empty() ? default_preset(a.arch) : a.preset_model;
   const Preset& p = r.preset;
   if (!a.init_adapter.empty() && !a.init_loralib.empty())
     throw std::invalid_argument("--init-adapter and --init-loralib both given: start from one MNLI adapter");
@@ -204,33 +227,39 @@ TrainResult train(const TrainArgs& a) {
   auto group = lora::dist::ProcessGroup::from_env(
       lora::dist::ProcessGroupOptions().timeout(std::chrono::milliseconds(1000 * a.dist_timeout)));
   const bool lead = group.rank() == 0;
-  const auto tok = tokenizer_for(a.tokenizer, a.model);
+  const auto tok = tokenizer_for(a.arch, a.tokenizer, a.model);
   const auto train_set = encode_all(tok, first_n(read_tsv(task, task_file(task, a.data, "train.tsv")), a.max_train), p.max_len);
   const EvalSets evals = eval_sets(task, tok, a.data, a.max_eval, p.max_len);
   r.train_examples = static_cast<int64_t>(train_set.size());
 
-  auto model = load_model(a.model, task.num_labels());
+  const Model model = load_model(a.model, task.num_labels(), p.cls_dropout);
   if (!a.init_loralib.empty()) {  // the released MNLI adapter at its own rank; the head stays fresh
-    roberta::apply_loralib_checkpoint(*model, roberta::read_loralib_checkpoint(a.init_loralib), /*with_head=*/false, "default");
+    auto* rob = dynamic_cast<roberta::RobertaForSequenceClassificationImpl*>(model.module.get());
+    if (!rob)
+      throw std::invalid_argument("--init-loralib reads microsoft/LoRA's RoBERTa checkpoints; start a " + a.arch +
+                                  " run from a PEFT folder with --init-adapter");
+    roberta::apply_loralib_checkpoint(*rob, roberta::read_loralib_checkpoint(a.init_loralib), /*with_head=*/false, "default");
   } else {
-    prepare_for_lora(*model, a.rank, a.alpha);
+    prepare_for_lora(model, p.rank, p.alpha);
   }
   if (!a.init_adapter.empty()) {  // A and B of the MNLI adapter; the head stays fresh (the reference drops it by shape)
-    lora::load_adapter(*model, a.init_adapter,
+    lora::load_adapter(*model.module, a.init_adapter,
                        lora::LoadAdapterOptions().if_exists(lora::IfExists::Replace).trainable(true).load_modules_to_save(false));
   }
-  for (auto& q : model->classifier->parameters()) q.set_requires_grad(true);  // the head trains in full, however the adapter began
+  train_head(model);  // the head trains in full, however the adapter began
+  for (const auto& t : model.lora.target_modules()) r.adapted += (r.adapted.empty() ? "" : ", ") + t.substr(t.rfind('.') + 1);
+  for (const auto& h : model.head) r.head += (r.head.empty() ? "" : ", ") + h;
 
   const training::Options o = loop_options(a, p);
   std::vector<training::StateTag> tags{{"task", task.name, [name = task.name](const std::string& saved) {
                                        return "was saved by a --task " + saved + " run; this run is --task " + name;
                                      }},
-                                    {"adapted", "query,value r=" + std::to_string(a.rank),
-                                     [rank = a.rank](const std::string& saved) {
+                                    {"adapted", adapted_tag(model, p.rank),
+                                     [rank = p.rank](const std::string& saved) {
                                        return "was saved by a run adapting " + saved + "; this run has --rank " + std::to_string(rank);
                                      }}};
-  const int64_t pad_id = tok.pad_id();
-  training::Trainer trainer(model, o, train_set.size(), std::move(group), {}, tags, decays);
+  const int64_t pad_id = tok.pad_id;
+  training::Trainer trainer(model.module, o, train_set.size(), std::move(group), {}, tags, decays);
   r.trainable = trainer.trainable_count();
   r.total = trainer.parameter_count();
   r.steps = trainer.total_steps();
@@ -246,7 +275,7 @@ TrainResult train(const TrainArgs& a) {
     const double lr = trainer.lr_at(trainer.position().step);
     const auto idx = trainer.next_indices();
     const auto batch = make_batch(train_set, idx, pad_id, regression, a.pad_to);
-    const double loss = trainer.step([&] { return sequence_loss(*model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
+    const double loss = trainer.step([&] { return sequence_loss(model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
     progress.record(epoch, loss, lr, trainer.position());
     r.losses.push_back(loss);
     loss_sum += loss;
@@ -260,19 +289,19 @@ TrainResult train(const TrainArgs& a) {
     loss_sum = 0;
     loss_n = 0;
     if (lead) {
-      e.metrics = eval_files(task, *model, evals, a.eval_batch, pad_id, a.pad_to);
+      e.metrics = eval_files(task, model, evals, a.eval_batch, pad_id, a.pad_to);
       std::map<std::string, double> first;
       const std::string prefix = evals.front().first + "/";
       for (const auto& [k, v] : e.metrics)
         if (k.rfind(prefix, 0) == 0) first[k.substr(prefix.size())] = v;
       e.headline = headline(task, first);
       const std::string dir = a.out + "/epoch_" + std::to_string(e.epoch);
-      save_with_head(*model, dir);
+      save_with_head(model, dir);
       trainer.save_state(dir + "/trainer_state.pt");
       r.epochs.push_back(e);
       if (r.epochs.size() == 1 || e.headline > r.epochs[r.best].headline) {
         r.best = r.epochs.size() - 1;
-        save_with_head(*model, a.out + "/best");
+        save_with_head(model, a.out + "/best");
       }
       std::cout << "epoch " << e.epoch << ": train loss " << std::fixed << std::setprecision(4) << e.train_loss;
       for (const auto& [k, v] : e.metrics) std::cout << ", " << k << " " << v;
@@ -301,13 +330,13 @@ TrainResult train(const TrainArgs& a) {
 
 std::map<std::string, double> evaluate(const EvalArgs& a) {
   const Task& task = task_named(a.task);
-  const auto tok = tokenizer_for(a.tokenizer, a.model);
-  auto model = load_model(a.model, task.num_labels());
-  if (!a.adapter.empty()) lora::load_adapter(*model, a.adapter);
+  const auto tok = tokenizer_for(arch_of(a.model), a.tokenizer, a.model);
+  const Model model = load_model(a.model, task.num_labels());
+  if (!a.adapter.empty()) lora::load_adapter(*model.module, a.adapter);
   model->to(training::device_named(a.device));
   const EvalSets sets = eval_sets(task, tok, a.data, a.max_eval, a.max_len);
   std::vector<torch::Tensor> logits;
-  auto metrics = eval_files(task, *model, sets, a.batch_size, tok.pad_id(), a.pad_to, &logits);
+  auto metrics = eval_files(task, model, sets, a.batch_size, tok.pad_id, a.pad_to, &logits);
   if (!a.logits_out.empty()) {
     std::string text;
     for (const auto& l : logits)
@@ -326,24 +355,21 @@ std::string default_data_dir() {
   return std::string(LORA_SOURCE_DIR) + "/../shared/data";
 }
 
-void init_model(const std::string& dir, int64_t layers, int64_t hidden, int64_t num_labels, uint64_t seed) {
-  torch::manual_seed(seed);
-  roberta::Config c;
-  c.num_hidden_layers = layers;
-  c.hidden_size = hidden;
-  c.num_attention_heads = std::max<int64_t>(1, hidden / 32);
-  c.intermediate_size = 4 * hidden;
-  c.num_labels = num_labels;
-  roberta::RobertaForSequenceClassificationImpl model(c);
-  {
-    torch::NoGradGuard no_grad;  // BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms
-    for (auto& p : model.named_parameters()) {
-      if (p.key().find("LayerNorm.weight") != std::string::npos) p.value().fill_(1.0);
-      else if (p.key().find("bias") != std::string::npos) p.value().zero_();
-      else p.value().normal_(0.0, 0.02);
-    }
+void init_smoke_model(TrainArgs& a) {
+  const Task& task = task_named(a.task);
+  a.model = a.out + "/random-" + a.arch;
+  int64_t vocab = 0;
+  if (a.arch == "deberta-v2") {  // no DeBERTa spm.model at hand: a small one learnt from the task's text
+    fs::create_directories(a.model);
+    std::string text;
+    for (const auto& e : read_tsv(task, task_file(task, a.data, "train.tsv"))) text += e.text_a + "\n" + (e.text_b.empty() ? "" : e.text_b + "\n");
+    lora::write_text_file(a.model + "/spm_corpus.txt", text);
+    deberta::train_sentencepiece(a.model + "/spm_corpus.txt", a.model + "/spm", 2000);
+    fs::remove(a.model + "/spm_corpus.txt");
+    vocab = deberta::Tokenizer::from_dir(a.model).vocab_size();
+    a.tokenizer = a.model;
   }
-  model.save_pretrained(dir);
+  init_model(a.model, 2, 64, task.num_labels(), static_cast<uint64_t>(a.seed), a.arch, vocab);
 }
 
 void convert_loralib(const std::string& checkpoint, const std::string& out, const std::string& model_dir) {
@@ -355,7 +381,7 @@ void convert_loralib(const std::string& checkpoint, const std::string& out, cons
     c.num_labels = labels;
     model = std::make_shared<roberta::RobertaForSequenceClassificationImpl>(c);
   } else {
-    model = load_model(model_dir, labels);
+    model = roberta::RobertaForSequenceClassificationImpl::from_pretrained(model_dir, nullptr, labels);
   }
   roberta::apply_loralib_checkpoint(*model, ckpt, /*with_head=*/!ckpt.classifier.is_empty(), "default");
   lora::save_adapter(*model, out,
@@ -368,15 +394,20 @@ void write_report(const std::string& path, const TrainArgs& a, const TrainResult
   const Preset& p = r.preset;
   std::ostringstream s;
   s << std::fixed;
-  s << "# GLUE " << task.name << ": RoBERTa + LoRA" << (smoke ? " (smoke run: a small random RoBERTa, numbers mean nothing)" : "")
-    << "\n\n| setting | value |\n|---|---|\n"
+  const std::string family = r.arch == "deberta-v2" ? "DeBERTa-v2" : "RoBERTa";
+  s << "# GLUE " << task.name << ": " << family << " + LoRA"
+    << (smoke ? " (smoke run: a small random " + family + ", numbers mean nothing)" : "") << "\n\n| setting | value |\n|---|---|\n"
     << "| model | " << a.model << " |\n"
-    << "| adapter | LoRA r = " << a.rank << ", alpha = " << std::defaultfloat << a.alpha << std::fixed << " on query, value; classifier trained in full |\n"
+    << "| adapter | LoRA r = " << p.rank << ", alpha = " << std::defaultfloat << p.alpha << std::fixed << " on " << r.adapted << "; "
+    << r.head << " trained in full" << (p.cls_dropout >= 0 ? ", classifier dropout " + std::to_string(p.cls_dropout).substr(0, 4) : "")
+    << " |\n"
     << "| trainable / all parameters | " << r.trainable << " / " << r.total << " |\n"
     << "| optimiser | AdamW (transformers 4.4's rule) lr " << std::setprecision(1) << std::scientific << p.lr << std::fixed
-    << ", eps " << std::scientific << a.eps << std::fixed << std::setprecision(2) << ", weight decay " << a.weight_decay
+    << ", eps " << std::scientific << a.eps << std::fixed << std::setprecision(2) << ", weight decay " << p.weight_decay
     << " (not biases, LayerNorm) |\n"
-    << "| schedule | linear, warm-up ratio " << a.warmup_ratio << ", " << r.steps << " steps; clip " << a.clip << " |\n"
+    << "| schedule | linear, warm-up "
+    << (p.warmup_steps > 0 ? std::to_string(p.warmup_steps) + " steps" : "ratio " + std::to_string(p.warmup_ratio).substr(0, 4)) << ", "
+    << r.steps << " steps; clip " << a.clip << " |\n"
     << "| batch / epochs / max length | " << p.global_batch() << " / " << p.epochs << " / " << p.max_len
     << (a.pad_to > 0 ? " (padded to " + std::to_string(a.pad_to) + ")" : " (padded to each batch's longest)") << " |\n"
     << "| training examples | " << r.train_examples << " |\n"
@@ -397,8 +428,8 @@ void write_report(const std::string& path, const TrainArgs& a, const TrainResult
     for (const auto& k : keys) s << " " << (e.metrics.count(k) ? e.metrics.at(k) : 0.0) << " |";
     s << "\n";
   }
-  const auto paper = paper_table2(a.preset_model, task);
-  s << "\n## Table 2 (" << a.preset_model << ", LoRA)\n\n| task | metric | ours (best epoch) | paper (median of 5 seeds) |\n|---|---|---|---|\n"
+  const auto paper = paper_table2(r.preset_model, task);
+  s << "\n## Table 2 (" << r.preset_model << ", LoRA)\n\n| task | metric | ours (best epoch) | paper (median of 5 seeds) |\n|---|---|---|---|\n"
     << "| " << task.name << " | "
     << (task.metric == Metric::Matthews ? "MCC" : task.metric == Metric::PearsonSpearman ? "Pearson" : "accuracy") << " | "
     << std::setprecision(1) << (r.epochs.empty() ? 0.0 : 100.0 * r.epochs[r.best].headline) << (smoke ? " (smoke)" : "") << " | "

@@ -1,5 +1,7 @@
 #include "checkpoint.hpp"
 
+#include <set>
+
 #include <filesystem>
 #include <fstream>
 
@@ -37,6 +39,40 @@ void throw_if_misfit(const std::string& file, const std::string& model, const Mi
   if (!m.unexpected.empty()) msg += " unexpected " + list(m.unexpected) + ";";
   if (!m.wrong_shape.empty()) msg += " " + list(m.wrong_shape) + ";";
   throw std::runtime_error(msg + " " + hint);
+}
+
+std::vector<std::string> load_classifier(torch::nn::Module& model, const std::string& st, const LoadRules& rules) {
+  const lora::safetensors::File file(st);
+  auto params = model.named_parameters();
+  std::set<std::string> loaded;
+  Misfit misfit;
+  torch::NoGradGuard no_grad;
+  for (const auto& t : file.tensors()) {
+    if (rules.skip(t.name)) continue;
+    const std::string key = rules.key(t.name);
+    if (!params.contains(key)) {
+      misfit.unexpected.push_back(t.name);
+      continue;
+    }
+    const auto value = lora::borrow_tensor(t);
+    if (value.sizes() != params[key].sizes()) {
+      misfit.wrong_shape.push_back(t.name + " has shape " + lora::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
+                                   lora::shape_str(params[key].sizes()));
+      loaded.insert(key);  // there, if misshapen: not also "missing"
+      continue;
+    }
+    params[key].copy_(value);
+    loaded.insert(key);
+  }
+  std::vector<std::string> head;
+  size_t head_size = 0;
+  for (const auto& p : params) {
+    head_size += rules.in_head(p.key());
+    if (!loaded.count(p.key())) (rules.in_head(p.key()) ? head : misfit.missing).push_back(p.key());
+  }
+  if (!head.empty() && head.size() != head_size) misfit.missing.insert(misfit.missing.end(), head.begin(), head.end());  // half a head
+  throw_if_misfit(st, rules.family, misfit, rules.hint);
+  return head;
 }
 
 void save_pretrained(torch::nn::Module& model, const std::string& family, const std::string& dir, const lora::NamedTensors& tensors,

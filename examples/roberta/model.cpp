@@ -196,38 +196,15 @@ std::shared_ptr<RobertaForSequenceClassificationImpl> RobertaForSequenceClassifi
   if (num_labels > 0) cfg.num_labels = num_labels;
   const std::string st = hf::safetensors_path(dir);
   auto model = std::make_shared<RobertaForSequenceClassificationImpl>(cfg);
-  const lora::safetensors::File file(st);
-  auto params = model->named_parameters();
   // Tensors transformers skips when it builds a classifier from another head's checkpoint.
   static const std::regex skipped(R"(^(lm_head\..*|(roberta\.)?pooler\..*|(roberta\.)?embeddings\.position_ids)$)");
-  std::set<std::string> loaded;
-  hf::Misfit misfit;
-  auto& unexpected = misfit.unexpected;
-  auto& wrong = misfit.wrong_shape;
-  torch::NoGradGuard no_grad;
-  for (const auto& t : file.tensors()) {
-    if (std::regex_match(t.name, skipped)) continue;
-    const std::string key = t.name.rfind("classifier.", 0) == 0 || t.name.rfind("roberta.", 0) == 0 ? t.name : "roberta." + t.name;
-    if (!params.contains(key)) {
-      unexpected.push_back(t.name);
-      continue;
-    }
-    const auto value = lora::borrow_tensor(t);
-    if (value.sizes() != params[key].sizes()) {
-      wrong.push_back(t.name + " has shape " + lora::shape_str(torch::IntArrayRef(t.shape)) + ", expected " +
-                      lora::shape_str(params[key].sizes()));
-      loaded.insert(key);  // there, if misshapen: not also "missing"
-      continue;
-    }
-    params[key].copy_(value);
-    loaded.insert(key);
-  }
-  std::vector<std::string> head;
-  for (const auto& p : params)
-    if (!loaded.count(p.key())) (p.key().rfind("classifier.", 0) == 0 ? head : misfit.missing).push_back(p.key());
-  if (!head.empty() && head.size() != 4) misfit.missing.insert(misfit.missing.end(), head.begin(), head.end());  // half a head: an error
-  hf::throw_if_misfit(st, "RoBERTa", misfit, "is it a RoBERTa checkpoint of this size (and num_labels)?");
-  if (fresh) *fresh = head.size() == 4 ? head : std::vector<std::string>{};
+  const auto head = hf::load_classifier(
+      *model, st,
+      {"RoBERTa", [](const std::string& t) { return std::regex_match(t, skipped); },
+       [](const std::string& t) { return t.rfind("classifier.", 0) == 0 || t.rfind("roberta.", 0) == 0 ? t : "roberta." + t; },
+       [](const std::string& p) { return p.rfind("classifier.", 0) == 0; },
+       "is it a RoBERTa checkpoint of this size (and num_labels)?"});
+  if (fresh) *fresh = head;
   return model;
 }
 

@@ -15,5 +15,6 @@ mkdir -p .device/debs .device/data/e2e .device/data/gpt2
 cp "$e2e"/{train,valid,test}.txt .device/data/e2e/
 cp "$gpt2"/{vocab.json,merges.txt} .device/data/gpt2/
 (cd .device/debs && apt-get download nlohmann-json3-dev libcli11-dev libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 \
-  libpcre2-posix3 libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libssl-dev libssl3)
+  libpcre2-posix3 libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libssl-dev libssl3 \
+  libsentencepiece-dev libsentencepiece0)
 du -sh .device

@@ -24,7 +24,7 @@ if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DLORA_BUILD_FU
      "-DCMAKE_PREFIX_PATH=$TP;/tmp/deps/usr" > "$OUT/configure.log" 2>&1; then
   say "configure FAILED"; tail -n 30 "$OUT/configure.log"; exit 1
 fi
-TARGETS="lora_tests gpt2_tests e2e_tests gpt2-e2e gpt2-tokenize e2e-bench lora-bench"
+TARGETS="lora_tests gpt2_tests e2e_tests deberta_tests glue_train_tests gpt2-e2e gpt2-tokenize e2e-bench lora-bench"
 timeout $(( $(left) - 200 )) cmake --build build-gpu -j16 --target $TARGETS -- -k 0 > "$OUT/build.log" 2>&1
 say "build rc=$? ($(grep -c 'error:' "$OUT/build.log") error lines, $(grep -c 'warning:' "$OUT/build.log") warnings)"
 grep -m 12 -B2 -A6 'error:' "$OUT/build.log" >> "$OUT/summary.txt"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # glue end to end on a small random RoBERTa and a slice of RTE: init -> train 2 epochs (evaluated
 # after each) -> eval and predict with the best adapter -> resume from epoch 1 (bit-identical) ->
-# the smoke run -> convert the released loralib checkpoint; then bad inputs fail with one error line.
+# the smoke runs (RoBERTa, DeBERTa-v2) -> convert the released loralib checkpoint; then bad inputs
+# fail with one error line.
 set -euo pipefail
 bin=$1
 data=${LORA_DATA_DIR:-$LORA_SOURCE_DIR/../shared/data}
@@ -50,6 +51,20 @@ cmp "$work/run/epoch_2/adapter_model.safetensors" "$work/resumed/epoch_2/adapter
 grep -q "Table 2" "$work/smoke/report.md"
 grep -q "smoke" "$work/smoke/report.md"
 
+# The DeBERTa smoke run (`glue run --arch deberta-v2`): a random xxlarge-shaped DeBERTa-v2 with a
+# SentencePiece model learnt from RTE; its best adapter carries the pooler and classifier and
+# scores, through `glue eval`, what training reported.
+"$bin" run --arch deberta-v2 --out "$work/dsmoke" --epochs 1 --max-train 32 --max-eval 16 > /dev/null
+grep -q "DeBERTa-v2 + LoRA" "$work/dsmoke/report.md"
+grep -q "deberta-v2-xxlarge, LoRA" "$work/dsmoke/report.md"
+test -f "$work/dsmoke/random-deberta-v2/spm.model"
+tr -d ' \n' < "$work/dsmoke/best/adapter_config.json" | grep -q '"modules_to_save":\["pooler","classifier"\]'
+tr -d ' \n' < "$work/dsmoke/best/adapter_config.json" | grep -q '"r":16,"lora_alpha":32'
+want=$(tr -d ' \n' < "$work/dsmoke/metrics.json" | sed 's/.*"dev\/accuracy":\([0-9.e-]*\).*/\1/')
+got=$("$bin" eval --model "$work/dsmoke/random-deberta-v2" --data "$data/glue" --task rte --max-len 128 --max-eval 16 \
+  --adapter "$work/dsmoke/best" | awk '$1 == "dev/accuracy" {print $2}')
+awk -v a="$want" -v b="$got" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 1e-9) }' || { echo "deberta eval $got != trained $want"; exit 1; }
+
 # The paper's released MNLI checkpoint as a PEFT folder.
 if [ -f "$data/loralib/roberta_base_lora_mnli.bin" ]; then
   "$bin" convert --checkpoint "$data/loralib/roberta_base_lora_mnli.bin" --out "$work/mnli" > /dev/null
@@ -66,6 +81,8 @@ expect_error() {
   grep -q "$want" "$work/err" || { echo "expected '$want' in:"; cat "$work/err"; exit 1; }
 }
 expect_error "unknown GLUE task 'nosuch'" train --model "$work/model" --tokenizer "$tok" --data "$work/glue" --task nosuch --out "$work/x"
+expect_error "init-loralib reads microsoft/LoRA's RoBERTa checkpoints" train --model "$work/dsmoke/random-deberta-v2" --data "$work/glue" \
+  --task rte --out "$work/x" --init-loralib "$work/run/best/adapter_model.safetensors"
 expect_error "MRPC" train --model "$work/model" --tokenizer "$tok" --data "$work/glue" --task mrpc --out "$work/x"
 printf 'index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n' > "$work/glue/RTE/dev.tsv"
 expect_error "dev.tsv" eval --model "$work/model" --tokenizer "$tok" --data "$work/glue" --task rte

@@ -66,8 +66,8 @@ std::vector<size_t> all(size_t n) {
 TEST(GlueFinetune, PaddingToTheBatchGivesTheLogitsOfPaddingTo512) {
   auto model = glue::load_model(model_dir(2), 2);
   const auto ex = examples(6, 2, 1);
-  const auto batch = glue::predict_logits(*model, ex, 4, 1);
-  const auto padded = glue::predict_logits(*model, ex, 4, 1, 512);  // the reference's cost
+  const auto batch = glue::predict_logits(model, ex, 4, 1);
+  const auto padded = glue::predict_logits(model, ex, 4, 1, 512);  // the reference's cost
   EXPECT_TRUE(torch::allclose(batch, padded, 1e-5, 1e-6)) << (batch - padded).abs().max().item<double>();
   const auto b = glue::make_batch(ex, {0, 1, 2}, 1, false);
   int64_t longest = 0;
@@ -84,8 +84,8 @@ TEST(GlueFinetune, LossIsCrossEntropyOrSquaredErrorPerExample) {
     const auto ex = examples(5, labels, 2);
     const auto batch = glue::make_batch(ex, all(ex.size()), 1, labels == 1);
     torch::NoGradGuard no_grad;
-    const auto sums = glue::sequence_loss(*model, batch);
-    const auto logits = model->forward(batch.input_ids, batch.attention_mask).to(torch::kDouble);
+    const auto sums = glue::sequence_loss(model, batch);
+    const auto logits = model.forward(batch.input_ids, batch.attention_mask).to(torch::kDouble);
     double want = 0;
     for (size_t i = 0; i < ex.size(); ++i) {
       const auto row = logits[static_cast<int64_t>(i)];
@@ -119,7 +119,7 @@ TEST(GlueFinetune, RecipeStepsFollowTransformersAdamWScheduleAndClippingInFloat6
 
   torch::manual_seed(7);
   auto model = glue::load_model(model_dir(2), 2);
-  glue::prepare_for_lora(*model, 8, 16);
+  glue::prepare_for_lora(model, 8, 16);
   no_dropout(*model);
   {  // B starts at zero: give it values so that A's gradients are not zero from the first step
     torch::NoGradGuard g;
@@ -128,7 +128,7 @@ TEST(GlueFinetune, RecipeStepsFollowTransformersAdamWScheduleAndClippingInFloat6
   }
   // The float64 reference: the same weights, updated by the rule written out here.
   auto ref = glue::load_model(model_dir(2), 2);
-  glue::prepare_for_lora(*ref, 8, 16);
+  glue::prepare_for_lora(ref, 8, 16);
   no_dropout(*ref);
   {
     torch::NoGradGuard g;
@@ -146,15 +146,15 @@ TEST(GlueFinetune, RecipeStepsFollowTransformersAdamWScheduleAndClippingInFloat6
   EXPECT_GT(decayed, 0);
   EXPECT_GT(exempt, 0) << "the classifier's biases take no weight decay";
 
-  training::Trainer trainer(model, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer trainer(model.module, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
   EXPECT_EQ(trainer.options().warmup, W);  // the ratio's ceil(T · 0.06) steps
   for (int64_t k = 0; k < T; ++k) {
     const auto idx = trainer.next_indices();
     const auto batch = glue::make_batch(ex, idx, 1, false);
-    trainer.step([&] { return glue::sequence_loss(*model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
+    trainer.step([&] { return glue::sequence_loss(model, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
 
     ref->train();
-    const auto logits = ref->forward(batch.input_ids, batch.attention_mask);
+    const auto logits = ref.forward(batch.input_ids, batch.attention_mask);
     const auto loss = torch::nn::functional::cross_entropy(logits, batch.labels);
     for (auto& [n, p] : params) p.mutable_grad() = torch::Tensor();
     loss.backward();
@@ -195,29 +195,29 @@ TEST(GlueFinetune, ResumedRunEqualsTheUninterruptedOne) {
   auto fresh = [&] {
     torch::manual_seed(9);
     auto m = glue::load_model(dir, 2);
-    glue::prepare_for_lora(*m, 8, 16);  // model dropout 0.1 stays on: the RNG state must resume too
+    glue::prepare_for_lora(m, 8, 16);  // model dropout 0.1 stays on: the RNG state must resume too
     return m;
   };
-  auto run = [&](std::shared_ptr<roberta::RobertaForSequenceClassificationImpl> m, training::Trainer& t, int64_t steps) {
+  auto run = [&](const glue::Model& m, training::Trainer& t, int64_t steps) {
     for (int64_t k = 0; k < steps && !t.done(); ++k) {
       const auto idx = t.next_indices();
       const auto batch = glue::make_batch(ex, idx, 1, false);
-      t.step([&] { return glue::sequence_loss(*m, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
+      t.step([&] { return glue::sequence_loss(m, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
     }
   };
   auto whole = fresh();
   torch::manual_seed(1);
-  training::Trainer t1(whole, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer t1(whole.module, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
   run(whole, t1, 100);
   const auto state = (fs::temp_directory_path() / ("glue_resume_" + std::to_string(::getpid()) + ".pt")).string();
   auto first = fresh();
   torch::manual_seed(1);
-  training::Trainer t2(first, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer t2(first.module, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
   run(first, t2, 4);
   t2.save_state(state);
   run(first, t2, 1);  // the interrupted run goes on a little before it dies: its RNG moves on
   auto second = fresh();
-  training::Trainer t3(second, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  training::Trainer t3(second.module, o, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
   t3.load_state(state);
   EXPECT_EQ(t3.position().step, 4);
   run(second, t3, 100);
@@ -237,4 +237,67 @@ TEST(GlueFinetune, ScoresAndErrorsNameTheCause) {
   glue::TrainArgs a;
   a.task = "wnli";
   EXPECT_NE(lora_test::error_of([&] { glue::resolved_preset(a); }).find("the paper has no recipe for wnli"), std::string::npos);
+}
+
+TEST(GlueFinetune, DebertaRunsTheXxlargeScriptsRecipe) {
+  // deberta_v2_xxlarge_rte.sh: batch 4 x 8 GPUs, lr 2.6e-4, 11 epochs, max length 320, warm-up 50
+  // steps, weight decay 0.01, cls_dropout 0.2, r 16, alpha 32, from the MNLI adapter.
+  const auto dir = fs::temp_directory_path() / ("glue_test_deberta_" + std::to_string(::getpid()));
+  glue::init_model(dir.string(), 1, 32, 2, 3, "deberta-v2", 1000);
+  glue::TrainArgs a;
+  a.arch = glue::arch_of(dir.string());
+  EXPECT_EQ(a.arch, "deberta-v2");
+  const auto p = glue::resolved_preset(a);
+  EXPECT_EQ(p.global_batch(), 32);
+  EXPECT_EQ(p.lr, 2.6e-4);
+  EXPECT_EQ(p.epochs, 11);
+  EXPECT_EQ(p.max_len, 320);
+  EXPECT_TRUE(p.from_mnli);
+  EXPECT_EQ(p.rank, 16);
+  EXPECT_EQ(p.alpha, 32);
+  EXPECT_EQ(p.cls_dropout, 0.2);
+  const auto o = glue::loop_options(a, p);
+  EXPECT_EQ(o.warmup, 50);
+  EXPECT_EQ(o.warmup_ratio, 0);
+  EXPECT_EQ(o.weight_decay, 0.01);
+  a.task = "mrpc";  // the one script with a warm-up ratio (0.1)
+  EXPECT_EQ(glue::loop_options(a, glue::resolved_preset(a)).warmup_ratio, 0.1);
+  EXPECT_EQ(glue::loop_options(a, glue::resolved_preset(a)).warmup, 0);
+
+  torch::manual_seed(4);
+  auto model = glue::load_model(dir.string(), 2, p.cls_dropout);
+  glue::prepare_for_lora(model, p.rank, p.alpha);
+  std::vector<std::string> trainable;
+  torch::Tensor a_values;
+  for (const auto& q : model->named_parameters()) {
+    if (!q.value().requires_grad()) continue;
+    trainable.push_back(q.key());
+    if (q.key().find("lora_A") != std::string::npos) a_values = a_values.defined() ? torch::cat({a_values, q.value().flatten()}) : q.value().flatten();
+  }
+  // query_proj and value_proj adapted; pooler and classifier trained in full; nothing else.
+  EXPECT_EQ(trainable.size(), 4u + 4u);
+  for (const auto& n : trainable)
+    EXPECT_TRUE(n.find("query_proj.lora_") != std::string::npos || n.find("value_proj.lora_") != std::string::npos ||
+                n.rfind("pooler.dense.", 0) == 0 || n.rfind("classifier.", 0) == 0)
+        << n;
+  // The reference's _init_weights: A ~ N(0, 0.02), not Kaiming (whose bound at in = 32 is 0.18).
+  EXPECT_NEAR(a_values.std().item<double>(), 0.02, 0.003);
+  const auto* dropout = model->named_modules()["dropout"]->as<torch::nn::DropoutImpl>();
+  EXPECT_EQ(dropout->options.p(), 0.2);  // --cls_dropout on the classifier's dropout
+  // A step on a padded batch trains: finite loss, the pooler moves, the base does not.
+  const auto ex = examples(6, 2, 8);
+  const auto before = model->named_parameters()["pooler.dense.weight"].clone();
+  const auto frozen = model->named_parameters()["deberta.encoder.layer.0.attention.self.key_proj.weight"].clone();
+  training::Options opt = o;
+  opt.batch_size = 6;
+  opt.lr = 1e-2;
+  opt.warmup = 0;  // the preset's 50 warm-up steps would give the first step a learning rate of 0
+  training::Trainer trainer(model.module, opt, ex.size(), lora::dist::ProcessGroup(), {}, {}, glue::decays);
+  const auto idx = trainer.next_indices();
+  const auto batch = glue::make_batch(ex, idx, 0, false);
+  const double loss = trainer.step([&] { return glue::sequence_loss(model, batch); }, false, static_cast<int64_t>(idx.size()));
+  EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_FALSE(torch::equal(model->named_parameters()["pooler.dense.weight"], before));
+  EXPECT_TRUE(torch::equal(model->named_parameters()["deberta.encoder.layer.0.attention.self.key_proj.weight"], frozen));
+  fs::remove_all(dir);
 }

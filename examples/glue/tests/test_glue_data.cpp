@@ -104,8 +104,19 @@ TEST(GlueRecipe, PresetsFollowTheScriptsConventions) {
   for (const char* t : {"mrpc", "rte", "sts-b"}) EXPECT_TRUE(glue::preset("FacebookAI/roberta-large", glue::task_named(t)).from_mnli) << t;
   for (const char* t : {"mnli", "sst-2", "cola", "qnli", "qqp"}) EXPECT_FALSE(glue::preset("roberta-base", glue::task_named(t)).from_mnli) << t;
   EXPECT_NE(error_of([] { glue::preset("roberta-base", glue::task_named("wnli")); }).find("no recipe for wnli"), std::string::npos);
-  EXPECT_NE(error_of([] { glue::preset("bert-base-uncased", glue::task_named("rte")); }).find("roberta-base and roberta-large"),
+  EXPECT_NE(error_of([] { glue::preset("bert-base-uncased", glue::task_named("rte")); }).find("roberta-base, roberta-large and deberta-v2-xxlarge"),
             std::string::npos);
+  for (const char* t : {"mrpc", "rte", "sts-b"}) EXPECT_TRUE(glue::preset("microsoft/deberta-v2-xxlarge", glue::task_named(t)).from_mnli) << t;
+  for (const char* t : {"mnli", "sst-2", "cola", "qnli", "qqp"}) {  // DeBERTa: warm-up steps, r 16, alpha 32, fp16
+    const auto p = glue::preset("deberta-v2-xxlarge", glue::task_named(t));
+    EXPECT_FALSE(p.from_mnli) << t;
+    EXPECT_GT(p.warmup_steps, 0) << t;
+    EXPECT_EQ(p.rank, 16);
+    EXPECT_EQ(p.alpha, 32);
+    EXPECT_TRUE(p.fp16);
+  }
+  EXPECT_EQ(glue::default_preset("deberta-v2"), "deberta-v2-xxlarge");
+  EXPECT_EQ(glue::default_preset("roberta"), "roberta-base");
   EXPECT_EQ(glue::paper_table2("roberta-base", glue::task_named("rte")).value, "86.6");
   EXPECT_TRUE(glue::paper_table2("roberta-base", glue::task_named("wnli")).value.empty());
 }

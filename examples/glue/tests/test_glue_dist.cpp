@@ -1,6 +1,6 @@
 // The GLUE recipe data-parallel over Gloo on 127.0.0.1: two ranks (this binary started twice in
 // worker mode) must compute the single-process run, the head and a final batch of one example
-// per rank included.
+// per rank included; for RoBERTa and for DeBERTa-v2.
 #include <gtest/gtest.h>
 
 #include "finetune.hpp"
@@ -27,10 +27,10 @@ std::vector<glue::Encoded> examples() {
   return out;
 }
 
-std::shared_ptr<roberta::RobertaForSequenceClassificationImpl> model(const std::string& dir) {
+glue::Model model(const std::string& dir) {
   torch::manual_seed(5);
   auto m = glue::load_model(dir, 2);
-  glue::prepare_for_lora(*m, 8, 16);
+  glue::prepare_for_lora(m, 8, 16);
   for (auto& child : m->modules())  // the ranks draw other dropout masks than one process
     if (auto* d = child->as<torch::nn::DropoutImpl>()) d->options.p(0.0);
   return m;
@@ -47,11 +47,12 @@ training::Options options() {
 std::vector<torch::Tensor> run(const std::string& dir, lora::dist::ProcessGroup group) {
   const auto data = examples();
   auto m = model(dir);
-  training::Trainer t(m, options(), data.size(), std::move(group), {}, {}, glue::decays);
+  training::Trainer t(m.module, options(), data.size(), std::move(group), {}, {}, glue::decays);
+  const int64_t pad = m.arch == "deberta-v2" ? 0 : 1;
   while (!t.done()) {
     const auto idx = t.next_indices();
-    const auto batch = glue::make_batch(data, idx, 1, false);
-    t.step([&] { return glue::sequence_loss(*m, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
+    const auto batch = glue::make_batch(data, idx, pad, false);
+    t.step([&] { return glue::sequence_loss(m, batch); }, idx.empty(), static_cast<int64_t>(idx.size()));
   }
   std::vector<torch::Tensor> out;
   for (const auto& p : m->parameters())
@@ -74,9 +75,11 @@ int worker(char** argv) {
 
 }  // namespace
 
-TEST(GlueDataParallel, TwoRanksTrainAsOneProcess) {
-  const std::string dir = (fs::temp_directory_path() / ("glue_dist_" + std::to_string(::getpid()))).string();
-  glue::init_model(dir + "/model", 1, 32, 2, 3);
+class GlueDataParallel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GlueDataParallel, TwoRanksTrainAsOneProcess) {
+  const std::string dir = (fs::temp_directory_path() / ("glue_dist_" + GetParam() + "_" + std::to_string(::getpid()))).string();
+  glue::init_model(dir + "/model", 1, 32, 2, 3, GetParam(), 1000);
   const auto reference = run(dir + "/model", lora::dist::ProcessGroup());
   const int port = lora_test::free_port();
   std::vector<lora_test::Rank> rs;
@@ -97,6 +100,9 @@ TEST(GlueDataParallel, TwoRanksTrainAsOneProcess) {
   }
   lora_test::remove_tree(dir);
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, GlueDataParallel, ::testing::Values("roberta", "deberta-v2"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param == "roberta" ? "Roberta" : "DebertaV2"; });
 
 int main(int argc, char** argv) {
   if (argc == 4 && std::string(argv[1]) == "--worker") return worker(argv + 2);
