@@ -118,10 +118,10 @@ void train_head(const Model& model) {
 
 void prepare_for_lora(const Model& model, int64_t rank, double alpha) {
   lora::inject_lora(*model.module, lora::LoRAConfig(model.lora).r(rank).alpha(alpha));
-  if (model.arch == "deberta-v2") {  // DebertaV2PreTrainedModel._init_weights redraws lora_A from N(0, initializer_range)
+  if (model.lora_A_std > 0) {  // the family's reference redraws A (DeBERTa's _init_weights)
     torch::NoGradGuard no_grad;
     for (const auto& [path, layer] : lora::detail::lora_layers(*model.module))
-      if (layer->has_adapter("default")) layer->lora_A("default").normal_(0.0, 0.02);
+      if (layer->has_adapter("default")) layer->lora_A("default").normal_(0.0, model.lora_A_std);
   }
   train_head(model);
 }
@@ -151,13 +151,6 @@ void save_with_head(const Model& model, const std::string& dir) {
   lora::save_adapter(*model.module, dir, lora::SaveAdapterOptions().task_type("SEQ_CLS").modules_to_save(model.head));
 }
 
-/// "query,value r=8": what a trainer state records as adapted.
-std::string adapted_tag(const Model& model, int64_t rank) {
-  std::string out;
-  for (const auto& t : model.lora.target_modules()) out += (out.empty() ? "" : ",") + t.substr(t.rfind('.') + 1);
-  return out + " r=" + std::to_string(rank);
-}
-
 std::map<std::string, double> eval_files(const Task& task, const Model& model,
                                          const EvalSets& sets, int64_t batch,
                                          int64_t pad_id, int64_t pad_to, std::vector<torch::Tensor>* logits = nullptr) {
@@ -172,8 +165,10 @@ std::map<std::string, double> eval_files(const Task& task, const Model& model,
 
 }  // namespace
 
+std::string preset_name(const TrainArgs& a) { return a.preset_model.empty() ? default_preset(a.arch) : a.preset_model; }
+
 Preset resolved_preset(const TrainArgs& a) {
-  Preset p = preset(a.preset_model.empty() ? default_preset(a.arch) : a.preset_model, task_named(a.task));
+  Preset p = preset(preset_name(a), task_named(a.task));
   if (a.lr > 0) p.lr = a.lr;
   if (a.epochs > 0) p.epochs = a.epochs;
   if (a.batch_size > 0) {
@@ -219,7 +214,7 @@ TrainResult train(const TrainArgs& args) {
   TrainResult r;
   r.preset = resolved_preset(a);
   r.arch = a.arch;
-  r.preset_model = a.preset_model.empty() ? default_preset(a.arch) : a.preset_model;
+  r.preset_model = preset_name(a);
   const Preset& p = r.preset;
   if (!a.init_adapter.empty() && !a.init_loralib.empty())
     throw std::invalid_argument("--init-adapter and --init-loralib both given: start from one MNLI adapter");
@@ -247,14 +242,14 @@ TrainResult train(const TrainArgs& args) {
                        lora::LoadAdapterOptions().if_exists(lora::IfExists::Replace).trainable(true).load_modules_to_save(false));
   }
   train_head(model);  // the head trains in full, however the adapter began
-  for (const auto& t : model.lora.target_modules()) r.adapted += (r.adapted.empty() ? "" : ", ") + t.substr(t.rfind('.') + 1);
+  r.adapted = model.adapted(", ");
   for (const auto& h : model.head) r.head += (r.head.empty() ? "" : ", ") + h;
 
   const training::Options o = loop_options(a, p);
   std::vector<training::StateTag> tags{{"task", task.name, [name = task.name](const std::string& saved) {
                                        return "was saved by a --task " + saved + " run; this run is --task " + name;
                                      }},
-                                    {"adapted", adapted_tag(model, p.rank),
+                                    {"adapted", model.adapted(",") + " r=" + std::to_string(p.rank),
                                      [rank = p.rank](const std::string& saved) {
                                        return "was saved by a run adapting " + saved + "; this run has --rank " + std::to_string(rank);
                                      }}};
@@ -330,8 +325,8 @@ TrainResult train(const TrainArgs& args) {
 
 std::map<std::string, double> evaluate(const EvalArgs& a) {
   const Task& task = task_named(a.task);
-  const auto tok = tokenizer_for(arch_of(a.model), a.tokenizer, a.model);
   const Model model = load_model(a.model, task.num_labels());
+  const auto tok = tokenizer_for(model.arch, a.tokenizer, a.model);
   if (!a.adapter.empty()) lora::load_adapter(*model.module, a.adapter);
   model->to(training::device_named(a.device));
   const EvalSets sets = eval_sets(task, tok, a.data, a.max_eval, a.max_len);

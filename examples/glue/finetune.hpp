@@ -76,6 +76,8 @@ struct TrainArgs {
   int dist_timeout = 300;
 };
 
+/// Whose preset table a run uses: --preset, else the family's (default_preset).
+std::string preset_name(const TrainArgs& a);
 /// The task's preset with the run's overrides (recipe.hpp).
 Preset resolved_preset(const TrainArgs& a);
 /// The shared loop's options for the recipe: transformers 4.4's AdamW rule (training::ReferenceAdamW)

@@ -14,6 +14,12 @@ torch::Device Model::device() const {
   return torch::kCPU;
 }
 
+std::string Model::adapted(const std::string& separator) const {
+  std::string out;
+  for (const auto& t : lora.target_modules()) out += (out.empty() ? "" : separator) + t.substr(t.rfind('.') + 1);
+  return out;
+}
+
 Model wrap(std::shared_ptr<roberta::RobertaForSequenceClassificationImpl> m) {
   Model out;
   out.arch = "roberta";
@@ -33,6 +39,7 @@ Model wrap(std::shared_ptr<deberta::DebertaV2ForSequenceClassificationImpl> m) {
   out.num_labels = m->config.num_labels;
   out.head = {"pooler", "classifier"};  // the reference trains every parameter outside "deberta."
   out.lora = deberta::paper_lora_config();
+  out.lora_A_std = 0.02;  // DebertaV2PreTrainedModel._init_weights redraws lora_A from N(0, initializer_range)
   return out;
 }
 
@@ -83,33 +90,30 @@ void bert_init(torch::nn::Module& model) {
   }
 }
 
+/// A model of `c`'s form at the given sizes (both families' configs name these fields alike),
+/// initialised as BERT, written as an HF folder.
+template <class Impl, class Config>
+void write_random(Config c, const std::string& dir, int64_t layers, int64_t hidden, int64_t num_labels, int64_t vocab_size) {
+  c.num_hidden_layers = layers;
+  c.hidden_size = hidden;
+  c.num_attention_heads = std::max<int64_t>(1, hidden / 32);
+  c.intermediate_size = 4 * hidden;
+  c.num_labels = num_labels;
+  if (vocab_size > 0) c.vocab_size = vocab_size;
+  Impl model(c);
+  bert_init(model);
+  model.save_pretrained(dir);
+}
+
 }  // namespace
 
 void init_model(const std::string& dir, int64_t layers, int64_t hidden, int64_t num_labels, uint64_t seed, const std::string& arch,
                 int64_t vocab_size) {
   torch::manual_seed(seed);
   if (arch == "roberta") {
-    roberta::Config c;
-    c.num_hidden_layers = layers;
-    c.hidden_size = hidden;
-    c.num_attention_heads = std::max<int64_t>(1, hidden / 32);
-    c.intermediate_size = 4 * hidden;
-    c.num_labels = num_labels;
-    if (vocab_size > 0) c.vocab_size = vocab_size;
-    roberta::RobertaForSequenceClassificationImpl model(c);
-    bert_init(model);
-    model.save_pretrained(dir);
-  } else if (arch == "deberta-v2") {
-    deberta::Config c = deberta::Config::xxlarge();  // its form, narrower
-    c.num_hidden_layers = layers;
-    c.hidden_size = hidden;
-    c.num_attention_heads = std::max<int64_t>(1, hidden / 32);
-    c.intermediate_size = 4 * hidden;
-    c.num_labels = num_labels;
-    if (vocab_size > 0) c.vocab_size = vocab_size;
-    deberta::DebertaV2ForSequenceClassificationImpl model(c);
-    bert_init(model);
-    model.save_pretrained(dir);
+    write_random<roberta::RobertaForSequenceClassificationImpl>(roberta::Config{}, dir, layers, hidden, num_labels, vocab_size);
+  } else if (arch == "deberta-v2") {  // deberta-v2-xxlarge's form, narrower
+    write_random<deberta::DebertaV2ForSequenceClassificationImpl>(deberta::Config::xxlarge(), dir, layers, hidden, num_labels, vocab_size);
   } else {
     throw std::invalid_argument("unknown --arch '" + arch + "': roberta or deberta-v2");
   }

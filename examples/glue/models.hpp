@@ -32,6 +32,10 @@ struct Model {
   int64_t num_labels = 2;
   std::vector<std::string> head;  ///< trained in full and saved as PEFT's modules_to_save
   lora::LoRAConfig lora;          ///< the family's paper adapter (its scripts' r, alpha, targets)
+  double lora_A_std = 0;          ///< > 0: A redrawn from N(0, std) after injection, as the family's reference does
+
+  /// The adapted modules' last names ("query_proj, value_proj"), joined by `separator`.
+  std::string adapted(const std::string& separator) const;
 
   torch::nn::Module* operator->() const { return module.get(); }
   torch::nn::Module& operator*() const { return *module; }
